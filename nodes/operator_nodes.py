@@ -1,0 +1,2 @@
+"""PSLD nodes (being written)."""
+NODES = []
