@@ -1,0 +1,31 @@
+"""Identity (beyond the paper): A = I, pure denoising of y."""
+from __future__ import annotations
+
+import dataclasses
+
+from .base import OperatorBase
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Identity(OperatorBase):
+    """A x = x; every projection returns y (A^+ = A^T = T = I)."""
+
+    def _forward(self, x):
+        return x.clone()  # A x = x
+
+    def _adjoint(self, y):
+        return y.clone()  # A^T y = y
+
+    def _transpose(self, y, x):
+        return y.clone()  # T = I
+
+    def _pseudo_inverse(self, r, x):
+        return r.clone()  # A^+ = I
+
+    def project(self, x, y):
+        """y itself (cast to x's dtype): A observes everything."""
+        x = self.validate_image(x, "x")
+        return self._validate_measurement(y, x).clone()  # x_glue = y
+
+    def _describe(self):
+        return "Identity (denoising)"
