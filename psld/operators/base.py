@@ -172,7 +172,7 @@ class OperatorBase:
         expected = self._measurement_shape(tuple(x.shape))
         if tuple(y.shape) != expected:
             raise ValueError(f"y has shape {tuple(y.shape)}: for an image x of shape {tuple(x.shape)} this operator "
-                             f"({self._describe()}) needs a measurement y of shape {expected}.")
+                             f"({self._describe()}) measures y of shape {expected}; y must have that shape.")
         if y.device != x.device:
             raise ValueError(f"y is on {y.device} but x is on {x.device}: y must be on the same device as x.")
         return y.to(dtype=x.dtype)

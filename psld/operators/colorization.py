@@ -19,12 +19,12 @@ class Colorization(OperatorBase):
 
     def _check_image_size(self, shape, name):
         if shape[1] != self.channels:
-            raise ValueError(f"{name} has {shape[1]} channels: this Colorization(channels={self.channels}) needs "
-                             f"images with {self.channels} channels.")
+            raise ValueError(f"{name} has {shape[1]} channels: for Colorization(channels={self.channels}), {name} "
+                             f"must have {self.channels} channels.")
 
     def _check_measurement_for_adjoint(self, y):
         if y.shape[1] != 1:
-            raise ValueError(f"y has {y.shape[1]} channels: a colorization measurement has exactly 1 channel.")
+            raise ValueError(f"y has {y.shape[1]} channels: a colorization measurement y must have 1 channel.")
 
     def _measurement_shape(self, shape):
         return (shape[0], 1, *shape[2:])

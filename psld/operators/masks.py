@@ -44,7 +44,7 @@ def box_mask(height: int, width: int, *, box_size=None, centred: bool = False, m
         high = side - margin - box  # t ~ U{margin, ..., S - margin - h - 1}
         if high <= margin:
             raise ValueError(f"box_size={box_size!r} with margin={margin} is not allowed for an image {axis} of "
-                             f"{side} px: need box + 2*margin < {axis}.")
+                             f"{side} px: the box ({box} px) plus twice the margin must be less than the {axis}.")
         corners.append(int(torch.randint(margin, high, (1,), generator=gen, device=gen.device).item()))
     device = gen.device if gen is not None else "cpu"
     mask = torch.ones(1, 1, height, width, device=device)
