@@ -123,6 +123,19 @@ def test_every_task_gives_an_immutable_spec_and_a_preview(L, task):
         spec.operator.projection = "exact"
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_operator_built_under_inference_mode_supports_autograd_later(L, task):
+    """The sampler backpropagates through A outside inference mode: the operator's tensors must allow that."""
+    mask = hole(10, 40, 20, 60) if task == "mask_inpaint" else None
+    spec, _ = make_operator(L, task, mask=mask)
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.zeros(spec.image_shape(2)).requires_grad_()
+        y = torch.ones(spec.measurement_shape(2))
+        loss = (spec.operator.forward(x) - y).square().sum() + spec.operator.project(x, y).square().sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    assert grad.shape == x.shape and bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+
+
 def test_box_inpaint_default_box_is_half_of_each_side_inside_the_margin(L):
     spec, preview = make_operator(L, "box_inpaint", seed=5)
     observed = spec.operator.mask[0, 0]
