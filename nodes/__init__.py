@@ -3,6 +3,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .loss_nodes import NODES as LOSS_NODES
 from .operator_nodes import NODES as OPERATOR_NODES
+from . import routes  # noqa: F401  (registers POST /psld/preview when a ComfyUI server is running)
 from .sampler_nodes import NODES as SAMPLER_NODES
 
 
