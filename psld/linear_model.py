@@ -51,6 +51,7 @@ class MatrixOperator:
     """
 
     matrix: Tensor
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of images; None = column images [1, n, 1]
     _pinv: Tensor = dataclasses.field(init=False, repr=False)
     _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
@@ -59,6 +60,11 @@ class MatrixOperator:
         if not isinstance(m, Tensor) or m.ndim != 2 or not m.is_floating_point():
             raise ValueError(f"matrix is {type(m).__name__ if not isinstance(m, Tensor) else tuple(m.shape)}: "
                              f"matrix must be a 2-D floating tensor (m measurements x n pixels).")
+        shape = (1, m.shape[1], 1) if self.image_shape is None else tuple(self.image_shape)
+        if len(shape) != 3 or math.prod(shape) != m.shape[1]:
+            raise ValueError(f"image_shape={self.image_shape!r} is not allowed: it must be (C, H, W) with "
+                             f"C*H*W = {m.shape[1]}, the number of columns of matrix.")
+        object.__setattr__(self, "image_shape", tuple(int(v) for v in shape))
         matrix = _non_inference(m)
         object.__setattr__(self, "matrix", matrix)
         with torch.inference_mode(False), torch.no_grad():
@@ -84,14 +90,14 @@ class MatrixOperator:
         return as_column_image(v @ self._const("A", v).T)
 
     def adjoint(self, y: Tensor) -> Tensor:
-        """A^T y, as [B, 1, n, 1]."""
+        """A^T y, as [B, *image_shape]."""
         v = self._check(y, self.matrix.shape[0], "y", "measurements")
-        return as_column_image(v @ self._const("A", v))
+        return (v @ self._const("A", v)).reshape(v.shape[0], *self.image_shape)
 
     def pseudo_inverse(self, y: Tensor) -> Tensor:
-        """A^+ y, as [B, 1, n, 1]."""
+        """A^+ y, as [B, *image_shape]."""
         v = self._check(y, self.matrix.shape[0], "y", "measurements")
-        return as_column_image(v @ self._const("A+", v).T)
+        return (v @ self._const("A+", v).T).reshape(v.shape[0], *self.image_shape)
 
     def project(self, x: Tensor, y: Tensor) -> Tensor:
         """x + A^+ (y - A x): agrees with y where A observes, with x on the null space of A."""
