@@ -171,7 +171,7 @@ function schedule(node) {
   if (!state) return;
   clearTimeout(state.timer);
   state.timer = setTimeout(() => {
-    refresh(node);
+    refresh(node).finally(() => node.setDirtyCanvas?.(true, true));
     if (kind(node) === OPERATOR) for (const degrade of downstreamDegradeNodes(node)) schedule(degrade);
   }, DEBOUNCE_MS);
 }

@@ -1,0 +1,203 @@
+"""Drive ComfyUI's real frontend in headless Debian Chromium (Playwright, no downloaded browser).
+
+Nothing but loopback is reachable from the page: Chromium resolves every other host name to NOTFOUND, and every
+request to a host other than 127.0.0.1/localhost is aborted and recorded (a test asserts there were none).
+Console errors and uncaught page errors are recorded with the phase of the test in which they happened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+CHROMIUM = os.environ.get("PSLD_CHROMIUM", "/usr/bin/chromium")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # needed as root (CI containers)
+    "--disable-gpu", "--disable-quic", "--no-first-run", "--no-pings", "--disable-sync",
+    "--disable-background-networking", "--disable-component-update", "--disable-default-apps",
+    "--disable-extensions", "--disable-domain-reliability",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+]
+VIEWPORT = {"width": 1400, "height": 900}
+EMPTY_WORKFLOW = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+                  "extra": {}, "version": 0.4}
+PSLD_EXTENSIONS = ("psld.operatorPreview", "psld.residualPlot")
+
+# Console errors the host frontend prints by itself, with or without this pack (checked by loading the page of a
+# host without the pack). They are logged, not failed on; anything else after start-up fails the test.
+HOST_NOISE = [
+    # start-up probes for optional user files (user.css, workflow and template lists) answer 404
+    (re.compile(r"^Failed to load resource: the server responded with a status of 404"), "optional user file"),
+    # frontend 1.32.x looks up the node packs of a loaded workflow in the registry; the page's own
+    # Content-Security-Policy (connect-src 'self') blocks it before any connection is made
+    (re.compile(r"^Connecting to 'https://api\.comfy\.org/[^']*' violates the following Content Security Policy"),
+     "registry lookup blocked by the page's CSP"),
+]
+
+
+@dataclass
+class PageLog:
+    """What the page reported: console errors/warnings, uncaught errors, off-loopback requests, by test phase."""
+
+    phase: str = "start-up"
+    console: list[dict] = field(default_factory=list)
+    page_errors: list[dict] = field(default_factory=list)
+    outside_requests: list[str] = field(default_factory=list)
+
+    def on_console(self, message) -> None:
+        if message.type in ("error", "warning"):
+            self.console.append({"phase": self.phase, "type": message.type, "text": message.text,
+                                 "url": (message.location or {}).get("url", "")})
+
+    def on_page_error(self, error) -> None:
+        self.page_errors.append({"phase": self.phase, "text": str(error)})
+
+    def errors(self, *, after_start_up: bool = True) -> list[str]:
+        """Console errors and uncaught errors that are not known host noise. Start-up errors count only when they
+        come from this pack (its extension files or its messages)."""
+        found = [f"[{e['phase']}] uncaught: {e['text']}" for e in self.page_errors
+                 if e["phase"] != "start-up" or not after_start_up or _is_ours(e["text"])]
+        for entry in self.console:
+            if entry["type"] != "error":
+                continue
+            ours = _is_ours(entry["text"]) or _is_ours(entry["url"])
+            if after_start_up and entry["phase"] == "start-up" and not ours:
+                continue
+            if not ours and any(pattern.search(entry["text"]) for pattern, _ in HOST_NOISE):
+                continue
+            found.append(f"[{entry['phase']}] console error: {entry['text']} ({entry['url']})")
+        return found
+
+    def report(self) -> str:
+        lines = [f"[{e['phase']}] {e['type']}: {e['text'][:300]}" for e in self.console]
+        lines += [f"[{e['phase']}] uncaught: {e['text'][:300]}" for e in self.page_errors]
+        lines += [f"outside request: {url}" for url in self.outside_requests]
+        return "\n".join(lines)
+
+
+def _is_ours(text: str) -> bool:
+    return bool(re.search(r"psld", text or "", re.IGNORECASE))
+
+
+def launch(playwright):
+    """Headless Debian Chromium through Playwright (executable_path: no browser download)."""
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} not found: run tools/install_browser.sh (apt-get install chromium).")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def open_comfy(browser, base_url: str, *, vue_nodes: bool = False):
+    """A new page on ComfyUI at base_url, started with an empty graph, in classic or Vue ("Nodes 2.0") node
+    rendering. Returns (page, log)."""
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    log = PageLog()
+
+    def guard(route):
+        host = urlsplit(route.request.url).hostname or ""
+        if route.request.url.startswith(("data:", "blob:")) or host in LOOPBACK_HOSTS:
+            route.continue_()
+        else:
+            log.outside_requests.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    # start from an empty graph instead of the host's default workflow (whose models are not installed)
+    context.add_init_script(f"localStorage.setItem('workflow', {json.dumps(json.dumps(EMPTY_WORKFLOW))});")
+    page = context.new_page()
+    page.on("console", log.on_console)
+    page.on("pageerror", log.on_page_error)
+    page.goto(base_url)
+    page.wait_for_function(
+        "(names) => { const app = window.comfyAPI?.app?.app; return !!(app?.canvas && app.extensions "
+        "&& names.every((n) => app.extensions.some((e) => e.name === n))); }",
+        arg=list(PSLD_EXTENSIONS), timeout=90_000)
+    page.wait_for_timeout(1000)  # let the start-up dialogs and stores settle
+    set_setting(page, "Comfy.VueNodes.Enabled", vue_nodes)
+    page.evaluate("() => window.comfyAPI.app.app.graph.clear()")
+    install_event_recorder(page)
+    log.phase = "test"
+    return page, log
+
+
+def set_setting(page, name: str, value) -> None:
+    page.evaluate("async ([name, value]) => { await window.comfyAPI.app.app.extensionManager.setting.set(name, "
+                  "value); }", [name, value])
+
+
+def install_event_recorder(page) -> None:
+    """Record the server's websocket events the tests wait for (in window.__psldEvents)."""
+    page.evaluate("""() => {
+      if (window.__psldEvents) return;
+      const events = window.__psldEvents = [];
+      const api = window.comfyAPI.api.api;
+      for (const type of ["psld.progress", "execution_start", "execution_success", "execution_error",
+                          "execution_interrupted", "executed"]) {
+        api.addEventListener(type, (e) => events.push({ type, detail: e.detail }));
+      }
+    }""")
+
+
+def load_workflow(page, workflow: dict) -> None:
+    """Open a UI-format workflow the way the app's Open / drag-and-drop does."""
+    page.evaluate("async (workflow) => { await window.comfyAPI.app.app.loadGraphData(workflow); }", workflow)
+
+
+def fit_view(page) -> None:
+    """Zoom the canvas so the whole graph is visible (for screenshots)."""
+    page.evaluate("""() => {
+      const app = window.comfyAPI.app.app;
+      const nodes = app.graph.nodes;
+      if (!nodes.length) return;
+      const xs = nodes.flatMap((n) => [n.pos[0], n.pos[0] + n.size[0]]);
+      const ys = nodes.flatMap((n) => [n.pos[1] - 40, n.pos[1] + n.size[1]]);
+      const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+      const el = app.canvas.canvas;
+      const top = 130, bottom = 20;  // screen pixels kept free for the top bars and the bottom edge
+      const scale = Math.min(1.2, 0.92 * el.clientWidth / (x1 - x0), (el.clientHeight - top - bottom) / (y1 - y0));
+      app.canvas.ds.scale = scale;
+      app.canvas.ds.offset = [-x0 + (el.clientWidth / scale - (x1 - x0)) / 2, -y0 + top / scale];
+      app.canvas.setDirty(true, true);
+    }""")
+    page.wait_for_timeout(500)
+
+
+def psld_node_ids(page) -> dict[str, list[str]]:
+    """Ids of the graph's PSLD nodes, by node type."""
+    return page.evaluate("""() => {
+      const found = {};
+      for (const node of window.comfyAPI.app.app.graph.nodes) {
+        const type = node.comfyClass ?? node.type;
+        if (type?.startsWith("PSLD_")) (found[type] ??= []).push(String(node.id));
+      }
+      return found;
+    }""")
+
+
+def node_report(page, node_id: str) -> dict:
+    """How a node looks in the page: its widgets, whether it has size, and its PSLD preview/plot elements."""
+    return page.evaluate("""(id) => {
+      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      if (!node) return null;
+      const part = (el) => el ? { dataset: { ...el.dataset }, text: el.textContent,
+                                  width: el.getBoundingClientRect().width, connected: el.isConnected } : null;
+      return {
+        type: node.comfyClass ?? node.type, size: [...node.size],
+        widgets: (node.widgets ?? []).map((w) => w.name),
+        preview: part(node.psldPreview?.view.root), plot: part(node.psldPlot?.view.root),
+        previewImageLoaded: !!(node.psldPreview?.view.image.complete && node.psldPreview.view.image.naturalWidth),
+      };
+    }""", node_id)
+
+
+def screenshot(page, directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    # headless: nothing moves the mouse, so make litegraph redraw widgets whose values changed
+    page.evaluate("() => window.comfyAPI.app.app.canvas.setDirty(true, true)")
+    page.wait_for_timeout(300)
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+    page.screenshot(path=str(path))
+    return path
