@@ -158,12 +158,15 @@ class PSLDDegrade(io.ComfyNode):
                                  "use a noise level in [0, 1] (reference: 0.05).")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise PSLDInputError(node_id, "seed", f"seed={seed!r} is not allowed.", "use an integer >= 0.")
+        # At least float32: IMAGEs may be float16 (--fp16-intermediates), and half-precision convolutions on the
+        # CPU are both slow and coarse. The outputs come back in the image's dtype.
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         clean = spec.operator.forward(x)
         generator = torch.Generator(device="cpu").manual_seed(seed)  # CPU draws: same noise on every device
         y = torch.cat([add_measurement_noise(clean[i:i + 1], sigma_y, generator=generator)
                        for i in range(clean.shape[0])])  # item i: i-th draw of one seeded stream
         preview = nchw_to_image(spec.operator.project(torch.zeros_like(x), y))
-        return io.NodeOutput(measurement_to_image(y), preview)
+        return io.NodeOutput(measurement_to_image(y).to(image.dtype), preview.to(image.dtype))
 
 
 def _checked_image(image, spec: OperatorSpec, node_id: str) -> torch.Tensor:

@@ -328,6 +328,17 @@ def test_degrade_does_not_clamp_the_noisy_measurement(L, D):
     assert float(preview.max()) <= 1.0  # the preview is clamped for display
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_degrade_of_half_precision_images_matches_float32(L, D, dtype):
+    """IMAGEs are float16 under --fp16-intermediates; the outputs keep the image's dtype."""
+    spec, _ = make_operator(L, "gaussian_deblur")
+    image = photo().to(dtype)
+    y, preview = degrade(D, image, spec, seed=6)
+    reference, _ = degrade(D, image.float(), spec, seed=6)
+    assert y.dtype == dtype and preview.dtype == dtype
+    torch.testing.assert_close(y.float(), reference, atol=1e-2, rtol=0)
+
+
 def test_degrade_leaves_the_input_image_unchanged(L, D):
     spec, _ = make_operator(L, "gaussian_deblur")
     image = photo()
