@@ -7,6 +7,7 @@ Tests under tests/psld use none of these and need only torch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import pytest
@@ -36,7 +37,7 @@ def tiny_checkpoint(tiny_models) -> str:
 
 
 @pytest.fixture(scope="session")
-def comfy(tiny_models):
+def comfy(tiny_models, tmp_path_factory):
     """The real ComfyUI, imported in this process with our pack loaded by ComfyUI's own custom-node loader.
 
     Returns ComfyUI's `nodes` module (NODE_CLASS_MAPPINGS holds our node classes). Tests call nodes the way
@@ -54,13 +55,35 @@ def comfy(tiny_models):
     folder_paths.add_model_folder_path("custom_nodes", str(prefix / "custom_nodes_link"))
     folder_paths.add_model_folder_path("checkpoints", str(MODELS / "checkpoints"))
     folder_paths.add_model_folder_path("vae", str(MODELS / "vae"))
+    state = tmp_path_factory.mktemp("comfy-inprocess")
+    for name, setter in (("output", folder_paths.set_output_directory), ("temp", folder_paths.set_temp_directory),
+                         ("input", folder_paths.set_input_directory)):
+        (state / name).mkdir()
+        setter(str(state / name))
     import nodes
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    # ComfyUI only logs a custom node that fails to import; keep its log lines to report the real traceback.
+    log = _CapturedLog()
+    logging.getLogger().addHandler(log)
+    try:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    finally:
+        logging.getLogger().removeHandler(log)
     if PACK_NODE not in nodes.NODE_CLASS_MAPPINGS:
-        pytest.fail(f"comfyui-psld did not register {PACK_NODE} in ComfyUI ({selected_host()}); "
-                    f"loaded modules: {sorted(nodes.LOADED_MODULE_DIRS)}")
+        pytest.fail(f"comfyui-psld did not register {PACK_NODE} in ComfyUI ({selected_host()}):\n{log.text()}")
     return nodes
+
+
+class _CapturedLog(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+    def text(self):
+        return "\n".join(self.lines[-40:])
 
 
 @pytest.fixture(scope="session")
