@@ -147,13 +147,14 @@ def load_workflow(page, workflow: dict) -> None:
 
 
 def fit_view(page) -> None:
-    """Zoom the canvas so the whole graph is visible (for screenshots)."""
-    page.evaluate("""() => {
+    """Zoom the canvas so the whole graph is visible (for screenshots). Vue nodes can be taller than node.size,
+    so their rendered boxes are measured and the zoom corrected once."""
+    fit = """(correction) => {
       const app = window.comfyAPI.app.app;
       const nodes = app.graph.nodes;
-      if (!nodes.length) return;
+      if (!nodes.length) return 1;
       const xs = nodes.flatMap((n) => [n.pos[0], n.pos[0] + n.size[0]]);
-      const ys = nodes.flatMap((n) => [n.pos[1] - 40, n.pos[1] + n.size[1]]);
+      const ys = nodes.flatMap((n) => [n.pos[1] - 40, n.pos[1] + n.size[1] * correction]);
       const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
       const el = app.canvas.canvas;
       const top = 130, bottom = 20;  // screen pixels kept free for the top bars and the bottom edge
@@ -161,8 +162,22 @@ def fit_view(page) -> None:
       app.canvas.ds.scale = scale;
       app.canvas.ds.offset = [-x0 + (el.clientWidth / scale - (x1 - x0)) / 2, -y0 + top / scale];
       app.canvas.setDirty(true, true);
-    }""")
+    }"""
+    page.evaluate(fit, 1)
     page.wait_for_timeout(500)
+    overflow = page.evaluate("""() => {
+      const boxes = [...document.querySelectorAll("[data-node-id]")].map((e) => e.getBoundingClientRect())
+        .filter((r) => r.height > 0);
+      if (!boxes.length) return 1;
+      const app = window.comfyAPI.app.app;
+      const graphBottom = Math.max(...app.graph.nodes.map((n) => n.pos[1] + n.size[1]));
+      const drawnBottom = (graphBottom + app.canvas.ds.offset[1]) * app.canvas.ds.scale;
+      const top = Math.min(...boxes.map((r) => r.top));
+      return Math.max(1, (Math.max(...boxes.map((r) => r.bottom)) - top) / Math.max(1, drawnBottom - top));
+    }""")
+    if overflow > 1.02:
+        page.evaluate(fit, overflow)
+        page.wait_for_timeout(500)
 
 
 def psld_node_ids(page) -> dict[str, list[str]]:

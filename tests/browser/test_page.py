@@ -81,7 +81,6 @@ def test_operator_preview_follows_the_widgets(open_page, artifacts, rendering):
       const get = (id) => g.getNodeById(id) ?? g.getNodeById(Number(id));
       const op = get(a), dg = get(b);
       op.connect(0, dg, dg.inputs.findIndex((i) => i.name === "operator")); }""", [operator, degrade])
-    comfy_page.fit_view(page)
 
     before = wait_for_preview(page, operator, caption="Inpainting")
     assert "512x512" in before["preview"]["text"], before
@@ -95,6 +94,7 @@ def test_operator_preview_follows_the_widgets(open_page, artifacts, rendering):
     wait_for_preview(page, degrade, caption="Gaussian blur")
     assert page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(id).psldPreview.view.image.src",
                          operator) != box_png
+    comfy_page.fit_view(page)
     comfy_page.screenshot(page, artifacts, f"operator-preview-{rendering}")
     assert not log.errors(), "\n".join(log.errors())
     assert not log.outside_requests, log.outside_requests
@@ -108,6 +108,12 @@ def choose_task(page, node_id: str, task: str, *, vue: bool) -> None:
         page.get_by_role("option", name=task, exact=True).click()
         return
     # classic canvas: click the combo widget's value, then the entry in litegraph's context menu
+    comfy_page.fit_view(page)
+    page.wait_for_function("""(id) => {
+      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const widget = node.widgets.find((w) => w.name === "task");
+      return (widget.y ?? widget.last_y) > 0;  // laid out by a first draw
+    }""", arg=node_id)
     x, y = page.evaluate("""(id) => {
       const app = window.comfyAPI.app.app;
       const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
