@@ -7,7 +7,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EVENT = "psld.progress";
-const SAMPLERS = ["PSLD_Sampler"];
+const SAMPLERS = ["PSLD_Sampler", "PSLD_PosteriorSampler"]; // nodes that report steps (nodes/bridge_sampler.py)
 const WIDGET_NAME = "psld_residual_plot";
 const PLOT_HEIGHT = 170;
 const SERIES = [ // known series first, in this order; others get the spare colours

@@ -216,3 +216,54 @@ def screenshot(page, directory: Path, name: str) -> Path:
     path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
     page.screenshot(path=str(path))
     return path
+
+
+def build_graph(page, nodes: list[dict]) -> dict[str, str]:
+    """Build a graph in the page as a user does with the node library: nodes [{key, type, pos, widgets: {name:
+    value}, inputs: {input_name: (source_key, output_name)}}]. Returns key -> node id."""
+    return page.evaluate("""(specs) => {
+      const app = window.comfyAPI.app.app;
+      const made = {};
+      for (const spec of specs) {
+        const node = window.LiteGraph.createNode(spec.type);
+        if (!node) throw new Error(`unknown node type ${spec.type}`);
+        node.pos = spec.pos;
+        app.graph.add(node);
+        for (const [name, value] of Object.entries(spec.widgets ?? {})) {
+          const widget = node.widgets?.find((w) => w.name === name);
+          if (!widget) throw new Error(`${spec.type} has no widget ${name}`);
+          widget.value = value;
+          widget.callback?.(value);
+        }
+        made[spec.key] = node;
+      }
+      for (const spec of specs) {
+        const target = made[spec.key];
+        for (const [input, [sourceKey, output]] of Object.entries(spec.inputs ?? {})) {
+          const source = made[sourceKey];
+          const from = source.outputs.findIndex((o) => o.name === output);
+          const to = target.inputs.findIndex((i) => i.name === input);
+          if (from < 0 || to < 0) throw new Error(`cannot link ${sourceKey}.${output} -> ${spec.key}.${input}`);
+          source.connect(from, target, to);
+        }
+      }
+      app.graph.setDirtyCanvas(true, true);
+      return Object.fromEntries(Object.entries(made).map(([key, node]) => [key, String(node.id)]));
+    }""", nodes)
+
+
+def serialize_graph(page) -> dict:
+    """The graph as the app saves it (UI format)."""
+    return page.evaluate("() => window.comfyAPI.app.app.graph.serialize()")
+
+
+def queue_with_run_button(page) -> None:
+    """Press the Run button of the top bar."""
+    page.get_by_role("button", name=re.compile(r"^\s*Run\s*$")).first.click()
+
+
+def wait_for_run_end(page, timeout_ms: int = 600_000) -> dict:
+    """Wait for execution_success or execution_error of the run; returns the recorded events by type."""
+    page.wait_for_function("() => window.__psldEvents.some((e) => ['execution_success', 'execution_error', "
+                           "'execution_interrupted'].includes(e.type))", timeout=timeout_ms, polling=500)
+    return page.evaluate("() => window.__psldEvents")

@@ -1,15 +1,26 @@
-"""Fixtures for the browser tests: one headless Chromium per session, a fresh page per test, artifacts folder."""
+"""Fixtures for the browser tests: one headless Chromium per session, a prepared server, a fresh page per test.
+
+The server is the shared `comfy_server` (a real main.py with --disable-api-nodes on a free loopback port), or, for
+development, a server you started yourself (e.g. `make serve`) named by PSLD_COMFY_URL.
+"""
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import comfy_page  # tests/browser is on sys.path (no __init__.py: pytest rootdir-relative import)
+from helpers.comfy_client import ComfyClient
+from helpers.hosts import ARTIFACTS
+from helpers.tiny_models import CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("PSLD_ARTIFACTS", REPO / ".artifacts")) / "browser"
+TEST_PHOTO = REPO / "tests" / "data" / "astronaut_128.png"
+# Settings a returning user has: no first-visit template browser over the graph.
+SETTINGS = {"Comfy.TutorialCompleted": True}
 
 
 @pytest.fixture(scope="session")
@@ -23,26 +34,37 @@ def browser():
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
+    """Screenshots and saved workflows of the browser tests (kept by CI as artifacts)."""
+    directory = ARTIFACTS / "browser"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 @pytest.fixture(scope="session")
-def comfy_url():
-    # provisional: replaced by the shared comfy_server fixture
-    url = os.environ.get("PSLD_COMFY_URL")
-    if not url:
-        pytest.skip("PSLD_COMFY_URL not set")
-    return url.rstrip("/")
+def page_server(request) -> dict:
+    """The server the page talks to, prepared like a returning user's: settings, and the test photo uploaded
+    through /upload/image as LoadImage's upload button does. Returns url, photo and checkpoint names."""
+    url = os.environ.get("PSLD_COMFY_URL", "").rstrip("/")
+    if url:
+        checkpoint = os.environ.get("PSLD_TINY_CHECKPOINT", CHECKPOINT)
+    else:
+        url = request.getfixturevalue("comfy_url")
+        checkpoint = request.getfixturevalue("tiny_checkpoint")
+    for name, value in SETTINGS.items():
+        urllib.request.urlopen(urllib.request.Request(
+            f"{url}/settings/{name}", data=json.dumps(value).encode(), method="POST",
+            headers={"Content-Type": "application/json"}), timeout=30).close()
+    photo = ComfyClient(url).upload_image(TEST_PHOTO.read_bytes(), "psld_test_astronaut_128.png")
+    return {"url": url, "photo": photo, "checkpoint": checkpoint}
 
 
 @pytest.fixture
-def open_page(browser, comfy_url, request):
-    """open_page(vue_nodes=False) -> (page, log). On failure the test's page log is printed."""
+def open_page(browser, page_server, request):
+    """open_page(vue_nodes=False) -> (page, log). The page log is printed when a test ends (shown on failure)."""
     opened = []
 
     def opener(*, vue_nodes: bool = False):
-        page, log = comfy_page.open_comfy(browser, comfy_url, vue_nodes=vue_nodes)
+        page, log = comfy_page.open_comfy(browser, page_server["url"], vue_nodes=vue_nodes)
         opened.append((page, log))
         return page, log
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,83 @@ def test_scripts_never_write_html():
         found = re.findall(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function",
                            script.read_text())
         assert not found, f"{script.name}: {found}"
+
+
+def run_graph(server: dict, steps: tuple[int, int]) -> list[dict]:
+    """Two PSLD samplers on one operator and measurement (128 px test photo, box inpainting), on the tiny
+    checkpoint, with different step counts so each plot's curve is told apart. Fresh seeds: ComfyUI would
+    otherwise answer a repeated prompt from its cache, and the samplers would not run."""
+    seed = time.time_ns() % 2**48
+    return [
+        {"key": "ckpt", "type": "CheckpointLoaderSimple", "pos": [0, 0], "widgets": {"ckpt_name": server["checkpoint"]}},
+        {"key": "positive", "type": "CLIPTextEncode", "pos": [0, 160], "widgets": {"text": ""},
+         "inputs": {"clip": ["ckpt", "CLIP"]}},
+        {"key": "negative", "type": "CLIPTextEncode", "pos": [0, 400], "widgets": {"text": ""},
+         "inputs": {"clip": ["ckpt", "CLIP"]}},
+        {"key": "photo", "type": "LoadImage", "pos": [0, 640], "widgets": {"image": server["photo"]}},
+        {"key": "operator", "type": "PSLD_LinearOperator", "pos": [420, 0],
+         "widgets": {"task": "box_inpaint", "width": 128, "height": 128, "box_placement": "centred"}},
+        {"key": "degrade", "type": "PSLD_Degrade", "pos": [420, 760], "widgets": {"sigma_y": 0.05},
+         "inputs": {"image": ["photo", "IMAGE"], "operator": ["operator", "operator"]}},
+        *[{"key": f"sampler{i}", "type": "PSLD_Sampler", "pos": [820, 60 + 640 * i],
+           "widgets": {"steps": n, "seed": seed + i, "cfg": 1.0},
+           "inputs": {"model": ["ckpt", "MODEL"], "vae": ["ckpt", "VAE"], "positive": ["positive", "CONDITIONING"],
+                      "negative": ["negative", "CONDITIONING"], "operator": ["operator", "operator"],
+                      "measurement": ["degrade", "measurement"]}} for i, n in enumerate(steps)],
+        *[{"key": f"show{i}", "type": "PreviewImage", "pos": [1220, 60 + 640 * i],
+           "inputs": {"images": [f"sampler{i}", "image"]}} for i in range(len(steps))],
+    ]
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_run_plots_one_point_per_step_on_each_sampler(open_page, page_server, artifacts, rendering):
+    """Run a two-sampler workflow from the page: the server's per-step events reach the page tagged with each
+    sampler's id, each plot gets exactly one point per step of its own sampler, and the curves and final values
+    stay after the run."""
+    steps = (3, 4)
+    page, log = open_page(vue_nodes=rendering == "vue")
+    ids = comfy_page.build_graph(page, run_graph(page_server, steps))
+    samplers = [ids["sampler0"], ids["sampler1"]]
+    wait_for_preview(page, ids["operator"], caption="Inpainting")
+    wait_for_preview(page, ids["degrade"], caption="Inpainting")
+    for node_id in samplers:
+        assert comfy_page.node_report(page, node_id)["plot"]["dataset"]["state"] == "waiting"
+    comfy_page.fit_view(page)
+    (artifacts / f"run-workflow-{rendering}.json").write_text(json.dumps(comfy_page.serialize_graph(page), indent=1))
+
+    log.phase = "run"
+    comfy_page.queue_with_run_button(page)
+    events = comfy_page.wait_for_run_end(page)
+    failure = [e["detail"] for e in events if e["type"] != "execution_success" and e["type"].startswith("execution_")
+               and e["type"] != "execution_start"]
+    assert not failure, failure
+    page.wait_for_timeout(500)  # let the last frame draw
+
+    progress = [e["detail"] for e in events if e["type"] == "psld.progress"]
+    for node_id, n in zip(samplers, steps):
+        mine = [d for d in progress if d["node"] == node_id]
+        assert [d["step"] for d in mine] == list(range(n)), mine
+        assert all(d["total"] == n for d in mine)
+        assert all(set(d["values"]) == {"measurement", "gluing"} for d in mine), mine[0]
+        plot = comfy_page.node_report(page, node_id)["plot"]
+        assert plot["dataset"]["points"] == str(n) and plot["dataset"]["total"] == str(n), plot
+        assert plot["dataset"]["state"] == "done", plot
+        assert plot["text"].startswith(f"final ({n} steps)"), plot["text"]
+        drawn = page.evaluate("(id) => Object.fromEntries(window.comfyAPI.app.app.graph.getNodeById(id)"
+                              ".psldPlot.run.values)", node_id)
+        assert drawn == {key: [d["values"][key] for d in mine] for key in ("measurement", "gluing")}
+    assert {d["node"] for d in progress} == set(samplers)
+    assert page.evaluate("""(ids) => ids.every((id) => {
+      const canvas = window.comfyAPI.app.app.graph.getNodeById(id).psldPlot.view.canvas;
+      const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      for (let i = 0; i < pixels.length; i += 4) if (pixels[i] > 200 && pixels[i + 1] > 120 && pixels[i + 2] < 80) return true;
+      return false;  // no orange (measurement curve) pixel drawn
+    })""", samplers)
+
+    comfy_page.fit_view(page)
+    comfy_page.screenshot(page, artifacts, f"run-plot-{rendering}")
+    page.wait_for_timeout(3000)  # the curves stay after the run
+    for node_id, n in zip(samplers, steps):
+        assert comfy_page.node_report(page, node_id)["plot"]["dataset"]["points"] == str(n)
+    assert not log.errors(), "\n".join(log.errors())
+    assert not log.outside_requests, log.outside_requests

@@ -15,16 +15,6 @@ pytestmark = pytest.mark.server
 PATH = "/psld/preview"
 
 
-@pytest.fixture(scope="module")
-def comfy_url():
-    # provisional, until the shared server fixture lands: a server started by hand
-    import os
-    url = os.environ.get("PSLD_COMFY_URL")
-    if not url:
-        pytest.skip("PSLD_COMFY_URL not set")
-    return url.rstrip("/")
-
-
 def post(base_url: str, body: bytes | str, *, path: str = PATH, headers: dict | None = None):
     """(status, headers, body bytes) of a POST; HTTP errors are returned, not raised."""
     data = body.encode() if isinstance(body, str) else body
