@@ -93,10 +93,10 @@ def as_generator(generator, device: torch.device | str = "cpu") -> torch.Generat
     return torch.Generator(device=device).manual_seed(generator)
 
 
-def constant_on(tensor: Tensor, like: Tensor) -> Tensor:
-    """`tensor` on like's device and dtype, as a normal (non-inference) tensor that autograd may save."""
+def constant_on(tensor: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """`tensor` on (device, dtype), as a normal (non-inference) tensor that autograd may save."""
     with torch.inference_mode(False), torch.no_grad():
-        return tensor.detach().to(device=like.device, dtype=like.dtype)
+        return tensor.detach().to(device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------- the shared operator class
@@ -158,12 +158,12 @@ class OperatorBase:
         return text + (" [exact projection]" if self.projection == "exact" else "")
 
     # ---- helpers for subclasses
-    def _on(self, key: str, tensor: Tensor, like: Tensor) -> Tensor:
-        """Operator constant `tensor` cast to like's device/dtype, cached per (key, device, dtype)."""
-        cache_key = (key, like.device, like.dtype)
+    def _on(self, key: str, tensor: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Operator constant `tensor` cast to (device, dtype), cached per (key, device, dtype)."""
+        cache_key = (key, device, dtype)
         cached = self._cast_cache.get(cache_key)
         if cached is None:
-            cached = constant_on(tensor, like)
+            cached = constant_on(tensor, device, dtype)
             self._cast_cache[cache_key] = cached
         return cached
 

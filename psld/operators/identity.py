@@ -8,7 +8,7 @@ from .base import OperatorBase
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Identity(OperatorBase):
-    """A x = x; every projection returns y (A^+ = A^T = T = I)."""
+    """A x = x; both projections return y (up to rounding), still connected to x for autograd (A^+ = T = I)."""
 
     def _forward(self, x):
         return x.clone()  # A x = x
@@ -21,11 +21,6 @@ class Identity(OperatorBase):
 
     def _pseudo_inverse(self, r, x):
         return r.clone()  # A^+ = I
-
-    def project(self, x, y):
-        """y itself (cast to x's dtype): A observes everything."""
-        x = self.validate_image(x, "x")
-        return self._validate_measurement(y, x).clone()  # x_glue = y
 
     def _describe(self):
         return "Identity (denoising)"

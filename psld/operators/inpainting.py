@@ -32,7 +32,7 @@ class Inpainting(OperatorBase):
     when y is zero where m = 0; with noise added after masking, paper mode keeps y's noise in the hole, as the
     reference does."""
 
-    mask: Tensor
+    mask: Tensor = dataclasses.field(repr=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,7 +52,7 @@ class Inpainting(OperatorBase):
         self._check_image_size(tuple(y.shape), "y")
 
     def _m(self, like: Tensor) -> Tensor:
-        return self._on("mask", self.mask, like)
+        return self._on("mask", self.mask, like.device, like.dtype)
 
     def _forward(self, x):
         return x * self._m(x)  # A x = m ⊙ x

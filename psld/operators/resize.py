@@ -1,8 +1,9 @@
 """Separable resize matrices for super-resolution, built in float64 from the maths (MATLAB imresize conventions).
 
 A 1-D downscaling by an integer `scale` is a matrix W of shape [n // scale, n]; a 2-D image is resized as
-W_h x W_w^T. Matrices are cached per (size, scale, mode) in float64 on the CPU and, cast, per (device, dtype); they are built
-outside inference mode so that autograd may save them even when first requested inside torch.inference_mode().
+W_h x W_w^T. Matrices are cached per (size, scale, mode) in float64 on the CPU and, cast, per (device, dtype);
+they are built outside inference mode so that autograd may save them even when first asked for inside
+torch.inference_mode().
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def mirror_index(index: torch.Tensor, n: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=32)
 @torch.inference_mode(False)
 def bicubic_matrix(n: int, scale: int) -> torch.Tensor:
-    """Antialiased bicubic downscaling by 1/scale: W[j, i] = sum over mirrored taps of k(s (u_j - i)) s, rows sum to 1."""
+    """Antialiased bicubic downscaling by 1/scale: W[j, i] = Σ over taps t mirrored onto i of s k(s (u_j - t)),
+    each row normalised to sum 1."""
     s = 1.0 / scale
     out = torch.arange(1, n // scale + 1, dtype=torch.float64)  # 1-based output positions
     u = out / s + 0.5 * (1 - 1 / s)  # input coordinate of output pixel j (1-based): u = j/s + (1 - 1/s)/2
