@@ -62,6 +62,15 @@ def test_adjoint_is_the_true_adjoint_in_float64(name, size):
     assert abs(float(lhs - rhs)) <= 1e-9 * max(abs(float(lhs)), 1e-12)
 
 
+def test_blur_adjoint_holds_when_the_padding_is_as_wide_as_allowed():
+    op = GaussianBlur(kernel_size=31, sigma=3.0)  # reaches 12 px: a 13 px side is the smallest allowed
+    x, y = rand(2, 3, 13, 14, seed=35), rand(2, 3, 13, 14, seed=36)
+    lhs, rhs = (op.forward(x) * y).sum(), (x * op.adjoint(y)).sum()
+    assert abs(float(lhs - rhs)) <= 1e-9 * abs(float(lhs))
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        op.forward(rand(1, 3, 12, 14))
+
+
 @pytest.mark.parametrize("name", OPERATOR_NAMES)
 def test_adjoint_equals_the_vector_jacobian_product(name):
     op = make_operators(16, 16)[name]
