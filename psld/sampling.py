@@ -98,6 +98,12 @@ def _divergence(step: int, steps: int, sigma: float, loss: PSLDLoss, what: str) 
         f"or use the reference weights of psld.reference_loss), or use more steps.")
 
 
+def _autograd_usable(t: Tensor) -> Tensor:
+    """t without history, cloned only when it is an inference tensor (which autograd cannot save)."""
+    t = t.detach()
+    return t.clone() if t.is_inference() else t
+
+
 def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss, operator, y: Tensor,
                   decode: Callable[[Tensor], Tensor], encode, generator=None
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -107,9 +113,8 @@ def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss
     caller is inside torch.inference_mode(), as ComfyUI's samplers are.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        x_leaf = x.detach().clone().requires_grad_(True)
-        y_plain = y.detach().clone()
-        sigma_plain = sigma.detach().clone()
+        x_leaf = x.detach().clone().requires_grad_(True)  # a fresh leaf; never x itself (the caller's tensor)
+        y_plain, sigma_plain = _autograd_usable(y), _autograd_usable(sigma)
         z0_hat = denoise(x_leaf, sigma_plain)
         image_hat = decode(z0_hat)
         try:
@@ -156,6 +161,8 @@ def sample_psld(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, operator, y: Te
     needs_random = loss.fresh_measurement_noise > 0 or (eta > 0 and noise_sampler is None)
     rng = _generator_for(generator, x.device) if needs_random else None
     batch = x.shape[0]
+    with torch.inference_mode(False):
+        y = _autograd_usable(y)  # once, not per step
 
     for i in range(steps):
         if check_interrupt is not None:
