@@ -141,6 +141,29 @@ function show(node) {
   node.setDirtyCanvas?.(true, false);
 }
 
+// Tick values for an axis from low to high (in plotted units: log10 of the value on a log axis): 1-2-5 steps.
+function ticks(low, high, logScale, most = 5) {
+  if (logScale) {
+    for (const mantissas of [[1], [1, 2, 5], [1, 1.5, 2, 3, 5, 7]]) {
+      const found = [];
+      for (let e = Math.floor(low); e <= Math.ceil(high); e++) {
+        for (const m of mantissas) {
+          const t = Math.log10(m) + e;
+          if (t >= low - 1e-9 && t <= high + 1e-9) found.push(t);
+        }
+      }
+      if (found.length >= 2) return found.length > most ? found.filter((_, i) => i % Math.ceil(found.length / most) === 0) : found;
+    }
+    return [low, high];
+  }
+  const raw = (high - low) / most;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((m) => m >= raw);
+  const found = [];
+  for (let t = Math.ceil(low / step) * step; t <= high + 1e-9 * step; t += step) found.push(t);
+  return found.length >= 2 ? found : [low, high];
+}
+
 function draw(node) {
   const { view, run } = node.psldPlot;
   const canvas = view.canvas;
@@ -161,27 +184,37 @@ function draw(node) {
   const transform = logScale ? Math.log10 : (v) => v;
   let low = Math.min(...all.map(transform));
   let high = Math.max(...all.map(transform));
-  if (high - low < 1e-9) { low -= 0.5; high += 0.5; }
-  const pad = { left: 44 * ratio, right: 8 * ratio, top: 18 * ratio, bottom: 14 * ratio };
+  const span = high - low;
+  if (span < 1e-9) { low -= logScale ? 0.1 : 0.5; high += logScale ? 0.1 : 0.5; }
+  else { low -= 0.04 * span; high += 0.04 * span; }
+  const pad = { left: 42 * ratio, right: 10 * ratio, top: 18 * ratio, bottom: 24 * ratio };
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
   const lastX = Math.max(1, run.total - 1);
   const xOf = (step) => pad.left + (plotW * step) / lastX;
-  const yOf = (v) => pad.top + plotH * (1 - (transform(v) - low) / (high - low));
+  const yAt = (t) => pad.top + plotH * (1 - (t - low) / (high - low));
+  const yOf = (v) => yAt(transform(v));
 
   ctx.font = `${10 * ratio}px sans-serif`;
-  ctx.strokeStyle = "#555";
   ctx.lineWidth = ratio;
-  ctx.strokeRect(pad.left, pad.top, plotW, plotH);
   ctx.fillStyle = "#999";
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  const tick = (t) => format(logScale ? 10 ** t : t);
-  ctx.fillText(tick(high), pad.left - 3 * ratio, pad.top);
-  ctx.fillText(tick(low), pad.left - 3 * ratio, pad.top + plotH);
+  for (const t of ticks(low, high, logScale)) {  // horizontal grid with value labels
+    const y = Math.round(yAt(t)) + 0.5;
+    ctx.strokeStyle = "#333";
+    ctx.beginPath(); ctx.moveTo(pad.left, y); ctx.lineTo(pad.left + plotW, y); ctx.stroke();
+    ctx.fillText(format(logScale ? 10 ** t : t), pad.left - 3 * ratio, y);
+  }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  ctx.fillText(`step (${run.total})${logScale ? ", log scale" : ""}`, pad.left + plotW / 2, pad.top + plotH + ratio);
+  const every = Math.max(1, Math.ceil(run.total / 8));
+  for (let step = 0; step < run.total; step += every) {  // step numbers, 1-based as the progress bar counts
+    ctx.fillText(String(step + 1), xOf(step), pad.top + plotH + 2 * ratio);
+  }
+  ctx.fillText(`step${logScale ? "  (log scale)" : ""}`, pad.left + plotW / 2, pad.top + plotH + 12 * ratio);
+  ctx.strokeStyle = "#555";
+  ctx.strokeRect(pad.left, pad.top, plotW, plotH);
 
   let legendX = pad.left;
   for (const s of series) {
@@ -189,13 +222,14 @@ function draw(node) {
     const items = Math.max(...rows.map((r) => r.length));
     ctx.strokeStyle = s.colour;
     ctx.fillStyle = s.colour;
-    for (let item = 0; item < items; item++) {
+    ctx.lineWidth = 1.5 * ratio;
+    for (let item = 0; item < items; item++) {  // one line per batch item
       ctx.globalAlpha = item === 0 ? 1 : 0.55;
       ctx.beginPath();
       let drawing = false;
       rows.forEach((row, i) => {
         const v = row[item];
-        if (v === null || v === undefined) { drawing = false; return; }
+        if (v === null || v === undefined) { drawing = false; return; }  // non-finite: a gap
         const x = xOf(run.steps[i]);
         const y = yOf(v);
         if (drawing) ctx.lineTo(x, y); else ctx.moveTo(x, y);

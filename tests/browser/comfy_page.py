@@ -267,3 +267,41 @@ def wait_for_run_end(page, timeout_ms: int = 600_000) -> dict:
     page.wait_for_function("() => window.__psldEvents.some((e) => ['execution_success', 'execution_error', "
                            "'execution_interrupted'].includes(e.type))", timeout=timeout_ms, polling=500)
     return page.evaluate("() => window.__psldEvents")
+
+
+def screenshot_nodes(page, node_ids: list[str], directory: Path, name: str, *, margin: int = 24) -> Path:
+    """A screenshot cropped to the given nodes (zoomed in so their widgets are legible)."""
+    box = page.evaluate("""(ids) => {
+      const app = window.comfyAPI.app.app;
+      const nodes = ids.map((id) => app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id)));
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const x0 = Math.min(...nodes.map((n) => n.pos[0])), x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+      const y0 = Math.min(...nodes.map((n) => n.pos[1] - title)), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+      const el = app.canvas.canvas;
+      const scale = Math.min(1.5, 0.9 * el.clientWidth / (x1 - x0), 0.8 * el.clientHeight / (y1 - y0));
+      app.canvas.ds.scale = scale;
+      app.canvas.ds.offset = [-x0 + (el.clientWidth / scale - (x1 - x0)) / 2, -y0 + 0.12 * el.clientHeight / scale];
+      app.canvas.setDirty(true, true);
+      const rect = el.getBoundingClientRect();
+      const [sx0, sy0] = app.canvas.ds.convertOffsetToCanvas([x0, y0]);
+      const [sx1, sy1] = app.canvas.ds.convertOffsetToCanvas([x1, y1]);
+      return { x: rect.left + sx0, y: rect.top + sy0, width: sx1 - sx0, height: sy1 - sy0 };
+    }""", node_ids)
+    page.wait_for_timeout(800)
+    dom = page.evaluate("""(ids) => {
+      const rects = ids.map((id) => document.querySelector(`[data-node-id="${id}"]`)?.getBoundingClientRect())
+        .filter((r) => r && r.height > 0);
+      if (rects.length !== ids.length) return null;  // classic rendering: no DOM nodes
+      const x = Math.min(...rects.map((r) => r.left)), y = Math.min(...rects.map((r) => r.top));
+      return { x, y, width: Math.max(...rects.map((r) => r.right)) - x, height: Math.max(...rects.map((r) => r.bottom)) - y };
+    }""", node_ids)
+    box = dom or box
+    clip = {"x": max(0, box["x"] - margin), "y": max(0, box["y"] - margin)}
+    clip["width"] = min(VIEWPORT["width"] - clip["x"], box["width"] + 2 * margin)
+    clip["height"] = min(VIEWPORT["height"] - clip["y"], box["height"] + 2 * margin)
+    page.evaluate("() => window.comfyAPI.app.app.canvas.setDirty(true, true)")
+    page.wait_for_timeout(300)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+    page.screenshot(path=str(path), clip=clip)
+    return path

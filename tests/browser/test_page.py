@@ -238,6 +238,7 @@ def test_run_plots_one_point_per_step_on_each_sampler(open_page, page_server, ar
       return false;  // no orange (measurement curve) pixel drawn
     })""", samplers)
 
+    comfy_page.screenshot_nodes(page, [samplers[1]], artifacts, f"plot-closeup-{rendering}")
     comfy_page.fit_view(page)
     comfy_page.screenshot(page, artifacts, f"run-plot-{rendering}")
     page.wait_for_timeout(3000)  # the curves stay after the run
