@@ -1,0 +1,266 @@
+"""nodes/comfy_bridge.py on the real ComfyUI host: gradients through the user's own MODEL and VAE.
+
+The tiny SD1.5 checkpoint (random UNet, CLIP-L, TAESD) is loaded by CheckpointLoaderSimple inside
+torch.inference_mode(), so its weights are inference tensors exactly as in a running ComfyUI. Gradients are taken
+the way the PSLD sampler takes them: inside guider.sample (itself called under inference mode, as
+SamplerCustomAdvanced does), with psld.sampling.psld_gradient opening the gradient region.
+"""
+import math
+
+import pytest
+import torch
+
+from conftest import SIZE, run_node
+
+
+@pytest.fixture(scope="module")
+def bridge(pack_module):
+    return pack_module("nodes.comfy_bridge")
+
+
+@pytest.fixture(scope="module")
+def inpainting(make_operator, degrade, photo):
+    operator = make_operator("box_inpaint")
+    return operator, degrade(photo, operator)
+
+
+def probe_in_sampler(guider, probe, sigma_index=1, steps=4, seed=0):
+    """Run `probe(model, x, sigma, extra_args)` inside guider.sample (under inference mode, as SamplerCustomAdvanced
+    calls it), at the sigma_index-th ddim_uniform noise level; returns what the probe returned."""
+    import comfy.samplers
+
+    found = {}
+
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        found["result"] = probe(model, x, sigmas[sigma_index] * x.new_ones(x.shape[0]), extra_args)
+        return x
+
+    with torch.inference_mode():
+        latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        sampling = guider.model_patcher.get_model_object("model_sampling")
+        sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps)
+        guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, seed=seed)
+    return found["result"]
+
+
+def make_guider(bridge, sd15, prompts, cfg=2.0):
+    with torch.inference_mode():
+        guider = bridge.PSLDGuider(sd15[0], sd15[2], node_id="PSLD_Guider")
+        guider.set_conds(*prompts)
+        guider.set_cfg(cfg)
+    return guider
+
+
+def psld_terms(pack_module, operator, y):
+    """(loss, objective(model, extra_args, guider, x, sigma) -> scalar) for the reference PSLD objective."""
+    losses = pack_module("psld.losses")
+    loss = losses.PSLDLoss(omega=1.0, gamma=0.1)
+
+    def objective(model, extra_args, guider, x, sigma):
+        z0 = model(x, sigma, **extra_args)
+        total, _ = losses.psld_objective(loss, operator.operator, y, z0, guider.vae.decode(z0), guider.vae.encode)
+        return total
+    return loss, objective
+
+
+def test_gradient_reaches_the_latent_through_unet_decoder_and_encoder(bridge, pack_module, sd15, prompts, inpainting):
+    """The PSLD objective (decode -> A -> y, and the gluing term through the encoder) has a finite, non-zero
+    gradient with respect to z_t, and it is the right one: it matches a central finite difference."""
+    sampling = pack_module("psld.sampling")
+    operator, measurement = inpainting
+    guider = make_guider(bridge, sd15, prompts)
+
+    def probe(model, x, sigma, extra_args):
+        y = (measurement.movedim(-1, 1) * 2 - 1).to(x)
+        loss, objective = psld_terms(pack_module, operator, y)
+        grad, z0, total, residuals = sampling.psld_gradient(
+            lambda z, s: model(z, s, **extra_args), x, sigma, loss=loss, operator=operator.operator, y=y,
+            decode=guider.vae.decode, encode=guider.vae.encode)
+        direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x)
+        direction = direction / direction.norm()
+        step = 1e-2
+        ahead = objective(model, extra_args, guider, x + step * direction, sigma)
+        behind = objective(model, extra_args, guider, x - step * direction, sigma)
+        return (grad, float(total), residuals, float((ahead - behind) / (2 * step)),
+                float((grad * direction).sum()), x.is_inference())
+
+    grad, total, residuals, finite_difference, directional, x_was_inference = probe_in_sampler(guider, probe)
+    assert x_was_inference  # the sampler's latent is an inference tensor: the gradient region had to cope
+    assert torch.isfinite(grad).all() and grad.norm() > 0
+    assert math.isfinite(total) and set(residuals) == {"measurement", "gluing"}
+    assert directional == pytest.approx(finite_difference, rel=0.05, abs=1e-3 * grad.norm().item())
+
+
+def test_differentiable_decode_and_encode_agree_with_comfyui_vae(bridge, sd15):
+    """decode/encode of the gradient path give what ComfyUI's own VAE.decode / VAE.encode give (which clamp and
+    work in [0, 1]), so PSLD sees the images the user sees."""
+    _, _, vae = sd15
+    model = sd15[0]
+    with torch.inference_mode():
+        differentiable = bridge.DifferentiableVAE(vae, model.get_model_object("latent_format"), "PSLD_Guider")
+        import comfy.model_management
+        comfy.model_management.load_models_gpu([differentiable.patcher])
+        z = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(2))
+        ours = differentiable.decode(z)
+        comfy_image = vae.decode(model.model.process_latent_out(z))  # [B, H, W, C] in [0, 1]
+        assert ours.shape == (1, 3, SIZE, SIZE) and ours.dtype == z.dtype
+        assert torch.allclose(((ours + 1) / 2).clamp(0, 1).movedim(1, -1), comfy_image, atol=1e-4)
+        assert ours.min() < -1 or ours.max() > 1  # the random decoder leaves [-1, 1]: no clamp on our side
+        picture = comfy_image.clone()
+        encoded = differentiable.encode(picture.movedim(-1, 1) * 2 - 1)
+        assert torch.allclose(encoded, model.model.process_latent_in(vae.encode(picture)), atol=1e-4)
+
+
+def test_decode_works_inside_the_gradient_region_with_raw_vae_parameters(bridge, sd15):
+    """TAESD's vae_scale / vae_shift are plain parameters that weight wrappers never see: the gradient path passes
+    private copies instead, and the gradient through them matches the no-copy computation."""
+    _, _, vae = sd15
+    assert bridge.raw_parameter_names(vae.first_stage_model) == ["vae_scale", "vae_shift"]
+    assert bridge.raw_parameter_names(sd15[0].model.diffusion_model) == []
+    with torch.inference_mode():
+        differentiable = bridge.DifferentiableVAE(vae, sd15[0].get_model_object("latent_format"), "PSLD_Guider")
+        import comfy.model_management
+        comfy.model_management.load_models_gpu([differentiable.patcher])
+        with torch.inference_mode(False), torch.enable_grad():
+            z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+            (grad,) = torch.autograd.grad(differentiable.decode(z).square().sum(), z)
+    assert torch.isfinite(grad).all() and grad.norm() > 0
+
+
+def test_clones_leave_the_users_model_and_vae_untouched(bridge, sd15, prompts):
+    """Building the guider and sampling with it changes nothing on the user's MODEL / VAE patchers or weights."""
+    model, _, vae = sd15
+
+    def snapshot(patcher):
+        return dict(wrappers={k: list(v) for k, v in patcher.weight_wrapper_patches.items()},
+                    patches={k: list(v) for k, v in patcher.patches.items()},
+                    object_patches=dict(patcher.object_patches), options=repr(patcher.model_options),
+                    additional=dict(patcher.additional_models), uuid=patcher.patches_uuid,
+                    weights={k: v.clone() for k, v in patcher.model.state_dict().items()})
+
+    before = [snapshot(model), snapshot(vae.patcher)]
+    guider = make_guider(bridge, sd15, prompts)
+    assert guider.model_patcher is not model and guider.vae.patcher is not vae.patcher
+    assert guider.model_patcher.get_additional_models_with_key(bridge.PSLD_KEY) == [guider.vae.patcher]
+    keys = [k for k in guider.model_patcher.model_state_dict() if k.startswith("diffusion_model.")]
+    assert set(guider.model_patcher.weight_wrapper_patches) == set(keys)  # every UNet weight and bias is copied
+    probe_in_sampler(guider, lambda model_k, x, sigma, extra: float(model_k(x, sigma, **extra).norm()))
+    after = [snapshot(model), snapshot(vae.patcher)]
+    for old, new in zip(before, after):
+        weights_old, weights_new = old.pop("weights"), new.pop("weights")
+        assert old == new
+        assert weights_old.keys() == weights_new.keys()
+        assert all(torch.equal(weights_old[k], weights_new[k]) for k in weights_old)
+
+
+def test_attention_without_backward_is_replaced_while_gradients_are_on(bridge, sd15, prompts, monkeypatch):
+    """Sage and flash attention have no backward pass (GPU only). Stand-in: the host's attention replaced by a
+    kernel whose backward raises. A plain grad-enabled clone fails; the PSLD guider's override routes the
+    gradient pass through PyTorch attention and gets the same gradient as an unmodified host."""
+    import comfy.ldm.modules.attention as attention
+    import comfy.samplers
+
+    class NoBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, heads):
+            return attention.attention_pytorch(q, k, v, heads)
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("this attention kernel has no backward pass")
+
+    @attention.wrap_attn
+    def attention_without_backward(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                                   skip_output_reshape=False, **kwargs):
+        return NoBackward.apply(q, k, v, heads)
+
+    def gradient_through(guider):
+        def probe(model, x, sigma, extra_args):
+            with torch.inference_mode(False), torch.enable_grad():
+                leaf = x.clone().requires_grad_(True)
+                (grad,) = torch.autograd.grad(model(leaf, sigma.clone(), **extra_args).square().sum(), leaf)
+            return grad
+        return probe_in_sampler(guider, probe)
+
+    reference = gradient_through(make_guider(bridge, sd15, prompts))
+    monkeypatch.setattr(attention, "optimized_attention", attention_without_backward)
+    with torch.inference_mode():
+        plain = comfy.samplers.CFGGuider(bridge.grad_enabled_clone(sd15[0], bridge.UNET_PREFIX))
+        plain.set_conds(*prompts)
+        plain.set_cfg(2.0)
+    with pytest.raises(RuntimeError, match="no backward pass"):
+        gradient_through(plain)
+    replaced = gradient_through(make_guider(bridge, sd15, prompts))
+    assert torch.allclose(replaced, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_override_keeps_differentiable_attention_and_an_earlier_override(bridge):
+    import comfy.ldm.modules.attention as attention
+
+    calls = []
+
+    def earlier(func, *args, **kwargs):
+        calls.append(func.__name__)
+        return func(*args, **kwargs)
+
+    override = bridge.make_attention_override(earlier)
+    q = torch.randn(1, 4, 8)
+    basic = attention.attention_basic.__wrapped__
+    with torch.inference_mode(False), torch.enable_grad():
+        out = override(basic, q, q, q, 2, _inside_attn_wrapper=True)
+        assert torch.allclose(out, attention.attention_pytorch(q, q, q, 2), atol=1e-5)
+        override(lambda *a, **k: None, q, q, q, 2, _inside_attn_wrapper=True)  # unknown kernel: replaced
+    with torch.no_grad():
+        assert override(lambda *a, **k: "kept", q, q, q, 2) == "kept"  # no gradients: left alone
+    assert calls == ["attention_basic", "attention_pytorch", "<lambda>"]
+
+
+def test_inference_tensors_reaching_the_unet_are_cloned(bridge):
+    with torch.inference_mode():
+        made_upstream = torch.ones(2, 3)
+    plain = torch.zeros(1)
+    cloned = bridge.clone_inference_tensors({"c": [made_upstream, (plain, "text")], "n": 3})
+    assert not cloned["c"][0].is_inference() and torch.equal(cloned["c"][0], made_upstream)
+    assert cloned["c"][1][0] is plain and cloned["c"][1][1] == "text" and cloned["n"] == 3
+
+
+def test_plain_patchers_are_used_as_they_are(bridge, sd15):
+    """CPU ComfyUI never makes dynamic-VRAM patchers (bench/gpu_psld.py checks the GPU case)."""
+    model, _, vae = sd15
+    assert bridge.non_dynamic(model, "PSLD_Guider", "model") is model
+    assert bridge.non_dynamic(vae.patcher, "PSLD_Guider", "vae") is vae.patcher
+
+
+def test_guider_refuses_a_vae_of_another_latent_space(bridge, sd15, input_error):
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    with torch.inference_mode():
+        other = comfy.sd.VAE(sd=comfy.taesd.taesd.TAESD(latent_channels=16).state_dict())
+        with pytest.raises(input_error) as error:
+            bridge.PSLDGuider(sd15[0], other, node_id="PSLD_Guider")
+    assert "PSLD_Guider: input 'vae'" in str(error.value) and "16-channel" in str(error.value)
+
+
+def test_latent_shape_needs_image_sizes_the_vae_can_encode(bridge, sd15, input_error):
+    with torch.inference_mode():
+        guider = bridge.PSLDGuider(sd15[0], sd15[2], node_id="PSLD_Sampler")
+    assert guider.latent_shape(2, 64, 96, "PSLD_Sampler", "operator") == (2, 4, 8, 12)
+    with pytest.raises(input_error, match="PSLD_Sampler: input 'operator'.*multiples of 8"):
+        guider.latent_shape(1, 60, 64, "PSLD_Sampler", "operator")
+
+
+def test_refuses_models_that_are_not_variance_preserving(bridge, node_classes, sd15, input_error):
+    """Model-sampling patch nodes can turn an SD1.5 model into a flow or x0 model: the check looks at what runs."""
+    model = sd15[0]
+    bridge.check_model(model, "PSLD_Guider")  # the plain model is fine
+    flow = run_node(node_classes["ModelSamplingSD3"], model=model, shift=3.0)[0]
+    with pytest.raises(input_error, match=r"PSLD_Guider: input 'model'.*flow models \(SD3, Flux\) are not supported"):
+        bridge.check_model(flow, "PSLD_Guider")
+    x0 = run_node(node_classes["ModelSamplingDiscrete"], model=model, sampling="x0", zsnr=False)[0]
+    with pytest.raises(input_error, match="PSLD_Guider: input 'model'.*eps or v prediction"):
+        bridge.check_model(x0, "PSLD_Guider")
+    v_prediction = run_node(node_classes["ModelSamplingDiscrete"], model=model, sampling="v_prediction",
+                            zsnr=False)[0]
+    bridge.check_model(v_prediction, "PSLD_Guider")
