@@ -31,6 +31,27 @@ def run_node(node_class, **inputs) -> tuple:
         return tuple(output["result"] if isinstance(output, dict) else output)
 
 
+def probe_in_sampler(guider, probe, *, latent_shape=(1, 4, SIZE // 8, SIZE // 8), sigma_index=1, steps=4, seed=0):
+    """Run `probe(model, x, sigma, extra_args)` inside guider.sample (called under inference mode, as
+    SamplerCustomAdvanced calls it) at the sigma_index-th ddim_uniform noise level; returns the probe's result.
+    `model` is what every ComfyUI sampler function gets: model(x, sigma, **extra_args) is the CFG-combined x0."""
+    import comfy.samplers
+
+    found = {}
+
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        found["result"] = probe(model, x, sigmas[sigma_index] * x.new_ones(x.shape[0]), extra_args)
+        return x
+
+    with torch.inference_mode():
+        latent = torch.zeros(latent_shape)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        sampling = guider.model_patcher.get_model_object("model_sampling")
+        sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps)
+        guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, seed=seed)
+    return found["result"]
+
+
 @pytest.fixture(scope="session")
 def node_classes(comfy) -> dict:
     return comfy.NODE_CLASS_MAPPINGS

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import SIZE, run_node
+from conftest import SIZE, probe_in_sampler, run_node
 
 
 @pytest.fixture(scope="module")
@@ -22,26 +22,6 @@ def bridge(pack_module):
 def inpainting(make_operator, degrade, photo):
     operator = make_operator("box_inpaint")
     return operator, degrade(photo, operator)
-
-
-def probe_in_sampler(guider, probe, sigma_index=1, steps=4, seed=0):
-    """Run `probe(model, x, sigma, extra_args)` inside guider.sample (under inference mode, as SamplerCustomAdvanced
-    calls it), at the sigma_index-th ddim_uniform noise level; returns what the probe returned."""
-    import comfy.samplers
-
-    found = {}
-
-    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        found["result"] = probe(model, x, sigmas[sigma_index] * x.new_ones(x.shape[0]), extra_args)
-        return x
-
-    with torch.inference_mode():
-        latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-        sampling = guider.model_patcher.get_model_object("model_sampling")
-        sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps)
-        guider.sample(noise, latent, comfy.samplers.KSAMPLER(sampler_function), sigmas, seed=seed)
-    return found["result"]
 
 
 def make_guider(bridge, sd15, prompts, cfg=2.0):
@@ -77,7 +57,9 @@ def test_gradient_reaches_the_latent_through_unet_decoder_and_encoder(bridge, pa
         grad, z0, total, residuals = sampling.psld_gradient(
             lambda z, s: model(z, s, **extra_args), x, sigma, loss=loss, operator=operator.operator, y=y,
             decode=guider.vae.decode, encode=guider.vae.encode)
+        # half along the gradient (a large, well-conditioned derivative), half random (checks its direction)
         direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x)
+        direction = direction / direction.norm() + grad / grad.norm()
         direction = direction / direction.norm()
         step = 1e-2
         ahead = objective(model, extra_args, guider, x + step * direction, sigma)
@@ -89,7 +71,7 @@ def test_gradient_reaches_the_latent_through_unet_decoder_and_encoder(bridge, pa
     assert x_was_inference  # the sampler's latent is an inference tensor: the gradient region had to cope
     assert torch.isfinite(grad).all() and grad.norm() > 0
     assert math.isfinite(total) and set(residuals) == {"measurement", "gluing"}
-    assert directional == pytest.approx(finite_difference, rel=0.05, abs=1e-3 * grad.norm().item())
+    assert directional == pytest.approx(finite_difference, rel=0.02, abs=1e-3 * grad.norm().item())
 
 
 def test_differentiable_decode_and_encode_agree_with_comfyui_vae(bridge, sd15):
