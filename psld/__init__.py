@@ -1,4 +1,7 @@
-"""Pure-torch PSLD (Rout et al., NeurIPS 2023, arXiv 2307.00619): operators, losses and the sampler. Never imports comfy."""
+"""Pure-torch PSLD (Rout et al., NeurIPS 2023, arXiv 2307.00619): operators, losses and the sampler.
+
+Never imports comfy.
+"""
 from .ddim import (alpha_bar_from_sigma, ddim_noise_levels, ddim_step, ddim_uniform_sigmas, discrete_alpha_bars,
                    reference_gradient_scale, sigma_from_alpha_bar)
 from .linear_model import LinearLatentModel, MatrixOperator

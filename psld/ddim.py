@@ -83,9 +83,10 @@ def ddim_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, eta:
 def reference_gradient_scale(sigma: float, sigma_next: float) -> float:
     """sqrt(1 + sigma^2) sqrt(1 + sigma_next^2): grad_{z_t} L / sqrt(abar_prev) expressed through grad_x L.
 
-    The reference subtracts grad_{z_t} L from the VP latent: z_{t-1} = z' - grad_{z_t} L. With z_t = x / sqrt(1 + sigma^2)
-    the chain rule gives grad_{z_t} L = sqrt(1 + sigma^2) grad_x L, and mapping z_{t-1} back to sigma space divides by
-    sqrt(abar_prev) = 1 / sqrt(1 + sigma_next^2). So x_next = x' - sqrt(1 + sigma^2) sqrt(1 + sigma_next^2) grad_x L.
+    The reference subtracts grad_{z_t} L from the VP latent: z_{t-1} = z' - grad_{z_t} L. With
+    z_t = x / sqrt(1 + sigma^2) the chain rule gives grad_{z_t} L = sqrt(1 + sigma^2) grad_x L, and mapping z_{t-1} back
+    to sigma space divides by sqrt(abar_prev) = 1 / sqrt(1 + sigma_next^2). So
+    x_next = x' - sqrt(1 + sigma^2) sqrt(1 + sigma_next^2) grad_x L.
     """
     return math.sqrt(1.0 + sigma * sigma) * math.sqrt(1.0 + sigma_next * sigma_next)
 

@@ -118,7 +118,8 @@ def _sigma_column(sigma, like: Tensor) -> Tensor:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearLatentModel:
-    """x0 = S z0, z0 ~ N(0, I_k); D(z) = S z; E(x) = S^T x; exact denoiser E[z0 | z0 + sigma eps] = x / (1 + sigma^2)."""
+    """x0 = S z0, z0 ~ N(0, I_k); D(z) = S z; E(x) = S^T x; exact denoiser E[z0 | z0 + sigma eps] = x / (1 + sigma^2).
+    """
 
     basis: Tensor  # S, n x k, orthonormal columns
 

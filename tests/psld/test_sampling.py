@@ -14,6 +14,16 @@ from psld.sampling import PSLDDivergenceError, sample_psld
 LATENT_C, IMAGE_C, SIZE = 2, 3, 8  # latent [B, 2, 4, 4] -> image [B, 3, 8, 8]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are small: with several intra-op threads a busy machine spends its time synchronising them
+    (the underdetermined test takes 0.9 s on one thread and 19 s on two while other jobs run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class TinyEps(nn.Module):
     """eps_theta(z_t, abar): a small conv net conditioned on log(abar)."""
 
@@ -180,7 +190,8 @@ def test_zero_weights_are_plain_ddim_without_decoder_or_backward():
     assert decode.calls == 0
     expected = x
     for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-        expected = ddim_step(expected, sigma_space_denoiser(eps)(expected, torch.tensor([s], dtype=torch.float64)), s, s_next)
+        denoised = sigma_space_denoiser(eps)(expected, torch.tensor([s], dtype=torch.float64))
+        expected = ddim_step(expected, denoised, s, s_next)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -311,8 +322,9 @@ def test_works_in_the_dtype_of_x(dtype, tolerance):
     outs = {}
     for t in (torch.float64, dtype):
         model, operator = LinearLatentModel(basis=model64.basis.to(t)), MatrixOperator(matrix=matrix.to(t))
-        outs[t] = sample_psld(model.denoise, x.to(t), sigmas, operator=operator, y=operator.forward(model.decode(z.to(t))),
-                              decode=model.decode, encode=model.encode, loss=PSLDLoss(omega=0.3, gamma=0.3, squared=True))
+        y = operator.forward(model.decode(z.to(t)))
+        outs[t] = sample_psld(model.denoise, x.to(t), sigmas, operator=operator, y=y, decode=model.decode,
+                              encode=model.encode, loss=PSLDLoss(omega=0.3, gamma=0.3, squared=True))
     out = outs[dtype]
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
     assert float((outs[torch.float64] - z).norm() / z.norm()) < 0.06  # the run does recover z (50 steps)
