@@ -160,7 +160,8 @@ def sample_psld(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, operator, y: Te
     sigma_dtype = sigmas.dtype
     needs_random = loss.fresh_measurement_noise > 0 or (eta > 0 and noise_sampler is None)
     rng = _generator_for(generator, x.device) if needs_random else None
-    batch = x.shape[0]
+    batch, dtype = x.shape[0], x.dtype
+    x = x.detach()  # the update below must never build a graph across steps
     with torch.inference_mode(False):
         y = _autograd_usable(y)  # once, not per step
 
@@ -187,6 +188,7 @@ def sample_psld(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, operator, y: Te
         x_next = ddim_step(x, denoised, sigma, sigma_next, eta, noise)  # DDIM(eta) in sigma space
         if grad is not None:
             x_next = x_next - reference_gradient_scale(sigma, sigma_next) * grad  # z_{t-1} = z' - grad_{z_t} L
+        x_next = x_next.to(dtype)  # a denoiser may answer in another dtype; the latent keeps x's
         if not bool(torch.isfinite(x_next).all()):
             what = "latent"
             if objective is not None and not bool(torch.isfinite(objective)):
@@ -195,4 +197,4 @@ def sample_psld(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, operator, y: Te
                 what = "gradient"
             raise _divergence(i, steps, sigma, loss, what)
         x = x_next
-    return x.detach()
+    return x

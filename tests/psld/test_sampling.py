@@ -308,6 +308,21 @@ def test_inputs_are_not_mutated_and_the_result_is_detached():
     out = sample_psld(sigma_space_denoiser(eps), x, sigmas, operator=operator, y=y, decode=decoder, encode=encoder)
     assert torch.equal(x.detach(), before[0]) and torch.equal(y, before[1]) and torch.equal(sigmas, before[2])
     assert not out.requires_grad and out.grad_fn is None
+    latents = []
+    sample_psld(sigma_space_denoiser(eps), x, sigmas, operator=operator, y=y, decode=decoder, encode=encoder,
+                callback=lambda i, x_i, d, r: latents.append(x_i))
+    assert all(not t.requires_grad for t in latents)  # no graph is carried from step to step
+
+
+def test_a_denoiser_answering_in_another_dtype_does_not_change_the_latent_dtype():
+    eps, decoder, encoder = make_nets()
+    operator, y = make_measurement(decoder)
+    base = sigma_space_denoiser(eps)
+    x = torch.randn(1, LATENT_C, 4, 4, dtype=torch.float64).float()
+    out = sample_psld(lambda x_, s: base(x_.double(), s), x, ddim_uniform_sigmas(3), operator=operator,
+                      y=y.float(), decode=lambda z: decoder(z.double()).float(),
+                      encode=lambda im: encoder(im.double()).float())
+    assert out.dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
