@@ -1,6 +1,8 @@
 // Operator previews: PSLD_LinearOperator and PSLD_Degrade show what the operator A does (the mask, the blur kernel,
 // or a test pattern before/after), drawn by the server (POST /psld/preview, nodes/routes.py) from the operator
-// node's widget values, and redrawn when a widget or a link changes.
+// node's widget values, and redrawn when a widget or a link changes. For mask_inpaint the hole is the MASK input:
+// when it comes from a LoadImage-like node, the page draws that image's mask itself (transparent = hole, as
+// LoadImage's MASK output is 1 - alpha), white = hole.
 // Received text is only ever shown with textContent.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -50,7 +52,7 @@ function addPreviewWidget(node) {
     getMinHeight: () => PREVIEW_HEIGHT,
   });
   widget.serialize = false; // older frontends read the flag on the widget, newer ones in options
-  node.psldPreview = { view, timer: null, requested: null, shown: null, sequence: 0, objectUrl: null };
+  node.psldPreview = { view, timer: null, requested: null, sequence: 0, objectUrl: null };
   const size = node.computeSize?.();
   if (size) node.setSize?.([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
   return widget;
@@ -81,19 +83,6 @@ function upstreamOperator(node) {
   return null;
 }
 
-function downstreamDegradeNodes(node) {
-  const found = [];
-  const graph = node.graph;
-  for (const output of node.outputs ?? []) {
-    for (const linkId of output.links ?? []) {
-      const link = graph?.links?.get ? graph.links.get(linkId) : graph?.links?.[linkId];
-      const target = link && graph.getNodeById(link.target_id);
-      if (kind(target) === DEGRADE) found.push(target);
-    }
-  }
-  return found;
-}
-
 function showText(state, text) {
   state.view.caption.textContent = text;
 }
@@ -112,32 +101,100 @@ function hideImage(state) {
   state.view.root.dataset.loaded = "false";
 }
 
+// The /view URL of the image picked in a node's "image" widget ("name.png", "sub/name.png [input]"), or null.
+function pickedImageUrl(node) {
+  const value = node?.widgets?.find((w) => w.name === "image")?.value;
+  if (typeof value !== "string" || !value) return null;
+  const typed = value.match(/^(.*) \[(input|output|temp)\]$/);
+  const path = typed ? typed[1] : value;
+  const cut = path.lastIndexOf("/");
+  const query = new URLSearchParams({ filename: path.slice(cut + 1), subfolder: cut >= 0 ? path.slice(0, cut) : "",
+    type: typed ? typed[2] : "input" });
+  return api.apiURL(`/view?${query}`);
+}
+
+// A PNG of the image's mask as the node will read it (white = hole: alpha < 128, i.e. MASK >= 0.5), its size and
+// hole fraction. Drawn on a canvas in the page: nothing leaves the page.
+async function maskPicture(url) {
+  const image = new Image();
+  image.src = url;
+  await image.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = image.naturalWidth;
+  canvas.height = image.naturalHeight;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(image, 0, 0);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  let holes = 0;
+  for (let i = 0; i < pixels.data.length; i += 4) {
+    const hole = pixels.data[i + 3] < 128;
+    holes += hole;
+    pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = hole ? 255 : 0;
+    pixels.data[i + 3] = 255;
+  }
+  ctx.putImageData(pixels, 0, 0);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  return { blob, width: canvas.width, height: canvas.height, holeFraction: holes / (canvas.width * canvas.height) };
+}
+
+async function showMask(node, state, operator, params, sequence) {
+  const slot = operator.inputs?.findIndex((input) => input.name === "mask") ?? -1;
+  const source = slot >= 0 ? operator.getInputNode?.(slot) : null;
+  const url = pickedImageUrl(source);
+  if (!source || !url) {
+    hideImage(state);
+    showText(state, source ? "mask_inpaint: the hole is the connected MASK (white = hole)."
+      : "mask_inpaint: connect a MASK (white = hole), e.g. LoadImage's mask.");
+    return;
+  }
+  let mask;
+  try {
+    mask = await maskPicture(url);
+  } catch {
+    if (sequence === state.sequence) { state.requested = null; hideImage(state); }
+    if (sequence === state.sequence) showText(state, "mask_inpaint: the MASK image could not be read.");
+    return;
+  }
+  if (sequence !== state.sequence) return;
+  const size = `${mask.width}x${mask.height}`;
+  let problem = "";
+  if (mask.holeFraction === 0) problem = " No hole: paint one in the mask editor (the image has no transparent pixel).";
+  else if (mask.holeFraction === 1) problem = " Everything is a hole: nothing is observed.";
+  else if (mask.width !== params.width || mask.height !== params.height) {
+    problem = ` The operator acts on ${params.width}x${params.height}: set width and height to match.`;
+  }
+  const prefix = kind(node) === DEGRADE ? "y = A x (hole blanked), " : "";
+  showImage(state, mask.blob,
+    `${prefix}MASK ${size} from ${source.title ?? source.type}, ${(100 * mask.holeFraction).toFixed(1)}% hole.${problem}`);
+}
+
 async function refresh(node) {
   const state = node.psldPreview;
   if (!state) return;
   const operator = kind(node) === OPERATOR ? node : upstreamOperator(node);
   if (!operator) {
-    state.requested = state.shown = null;
+    state.requested = null;
     hideImage(state);
     showText(state, "Connect a PSLD Linear Operator to see what it does.");
     return;
   }
   const params = widgetValues(operator);
-  const key = JSON.stringify(params);
+  const body = JSON.stringify(params);
+  const maskSlot = operator.inputs?.findIndex((input) => input.name === "mask") ?? -1;
+  const maskSource = params.task === "mask_inpaint" && maskSlot >= 0 ? operator.getInputNode?.(maskSlot) : null;
+  const key = params.task === "mask_inpaint" ? `${body} ${maskSource?.id} ${pickedImageUrl(maskSource)}` : body;
   if (key === state.requested) return;
   state.requested = key;
+  const sequence = ++state.sequence;
   if (params.task === "mask_inpaint") {
-    state.shown = key;
-    hideImage(state);
-    showText(state, "mask_inpaint: the hole is the connected MASK (white = hole).");
+    await showMask(node, state, operator, params, sequence);
     return;
   }
-  const sequence = ++state.sequence;
   showText(state, "drawing…");
   let response;
   try {
     response = await api.fetchApi("/psld/preview", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: key,
+      method: "POST", headers: { "Content-Type": "application/json" }, body,
     });
   } catch (error) {
     if (sequence === state.sequence) {
@@ -151,7 +208,6 @@ async function refresh(node) {
     const blob = await response.blob();
     if (sequence !== state.sequence) return;
     const description = response.headers.get("X-PSLD-Description") ?? "";
-    state.shown = key;
     const prefix = kind(node) === DEGRADE ? "y = A x + noise, A: " : "";
     showImage(state, blob, prefix + description);
   } else {
@@ -160,7 +216,6 @@ async function refresh(node) {
       message = (await response.json()).error ?? message;
     } catch { /* not JSON: keep the status */ }
     if (sequence !== state.sequence) return;
-    state.shown = key;
     hideImage(state);
     showText(state, message);
   }
@@ -172,21 +227,27 @@ function schedule(node) {
   clearTimeout(state.timer);
   state.timer = setTimeout(() => {
     refresh(node).finally(() => node.setDirtyCanvas?.(true, true));
-    if (kind(node) === OPERATOR) for (const degrade of downstreamDegradeNodes(node)) schedule(degrade);
+    // a Degrade shows its operator's preview: let every Degrade of the graph check whether its input changed
+    if (kind(node) === OPERATOR) for (const other of node.graph?.nodes ?? []) if (kind(other) === DEGRADE) schedule(other);
   }, DEBOUNCE_MS);
 }
 
-function watchWidgets(node) {
+function watchWidgets(node, onChange) {
   for (const widget of node.widgets ?? []) {
     if (widget.name === WIDGET_NAME || widget.psldWatched) continue;
     const callback = widget.callback;
     widget.callback = function (...args) {
       const result = callback?.apply(this, args);
-      schedule(node);
+      onChange();
       return result;
     };
     widget.psldWatched = true;
   }
+}
+
+// A node that can feed an operator's mask changed its image: the previews that draw masks look again.
+function scheduleOperators(graph) {
+  for (const node of graph?.nodes ?? []) if (kind(node) === OPERATOR) schedule(node);
 }
 
 app.registerExtension({
@@ -213,9 +274,12 @@ app.registerExtension({
     };
   },
   nodeCreated(node) {
-    if (kind(node) !== OPERATOR && kind(node) !== DEGRADE) return;
-    addPreviewWidget(node);
-    watchWidgets(node);
-    schedule(node);
+    if (kind(node) === OPERATOR || kind(node) === DEGRADE) {
+      addPreviewWidget(node);
+      watchWidgets(node, () => schedule(node));
+      schedule(node);
+    } else if (node.outputs?.some((output) => output.type === "MASK")) {
+      watchWidgets(node, () => scheduleOperators(node.graph));
+    }
   },
 });

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,12 +32,14 @@ PSLD_EXTENSIONS = ("psld.operatorPreview", "psld.residualPlot")
 # host without the pack). They are logged, not failed on; anything else after start-up fails the test.
 HOST_NOISE = [
     # start-up probes for optional user files (user.css, workflow and template lists) answer 404
-    (re.compile(r"^Failed to load resource: the server responded with a status of 404"), "optional user file"),
-    # frontend 1.32.x looks up the node packs of a loaded workflow in the registry; the page's own
-    # Content-Security-Policy (connect-src 'self') blocks it before any connection is made
-    (re.compile(r"^Connecting to 'https://api\.comfy\.org/[^']*' violates the following Content Security Policy"),
-     "registry lookup blocked by the page's CSP"),
+    re.compile(r"^Failed to load resource: the server responded with a status of 404"),
 ]
+# With --disable-api-nodes the server sends Content-Security-Policy connect-src 'self', so the page cannot reach
+# anything outside loopback. Frontend 1.32.x still tries to look up the node packs of a loaded workflow in the
+# registry (api.comfy.org, for any custom node); the browser blocks that before any connection is made. Such
+# blocked attempts are recorded in PageLog.blocked (and reported), not counted as errors. No other host is allowed.
+BLOCKED_REGISTRY_LOOKUP = re.compile(r"^Connecting to '(https://api\.comfy\.org/[^']*)' violates the following "
+                                     r"Content Security Policy directive")
 
 
 @dataclass
@@ -47,9 +50,13 @@ class PageLog:
     console: list[dict] = field(default_factory=list)
     page_errors: list[dict] = field(default_factory=list)
     outside_requests: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # registry lookups the page's CSP blocked
 
     def on_console(self, message) -> None:
-        if message.type in ("error", "warning"):
+        lookup = BLOCKED_REGISTRY_LOOKUP.match(message.text) if message.type == "error" else None
+        if lookup:
+            self.blocked.append(lookup.group(1))
+        elif message.type in ("error", "warning"):
             self.console.append({"phase": self.phase, "type": message.type, "text": message.text,
                                  "url": (message.location or {}).get("url", "")})
 
@@ -67,7 +74,7 @@ class PageLog:
             ours = _is_ours(entry["text"]) or _is_ours(entry["url"])
             if after_start_up and entry["phase"] == "start-up" and not ours:
                 continue
-            if not ours and any(pattern.search(entry["text"]) for pattern, _ in HOST_NOISE):
+            if not ours and any(pattern.search(entry["text"]) for pattern in HOST_NOISE):
                 continue
             found.append(f"[{entry['phase']}] console error: {entry['text']} ({entry['url']})")
         return found
@@ -76,6 +83,7 @@ class PageLog:
         lines = [f"[{e['phase']}] {e['type']}: {e['text'][:300]}" for e in self.console]
         lines += [f"[{e['phase']}] uncaught: {e['text'][:300]}" for e in self.page_errors]
         lines += [f"outside request: {url}" for url in self.outside_requests]
+        lines += [f"blocked by the page's CSP: {url}" for url in self.blocked]
         return "\n".join(lines)
 
 
@@ -93,6 +101,9 @@ def launch(playwright):
 def open_comfy(browser, base_url: str, *, vue_nodes: bool = False):
     """A new page on ComfyUI at base_url, started with an empty graph, in classic or Vue ("Nodes 2.0") node
     rendering. Returns (page, log)."""
+    # the rendering is a user setting, stored by the server: set it before the page starts, as switching it
+    # in a running page re-creates the graph asynchronously
+    post_setting(base_url, "Comfy.VueNodes.Enabled", vue_nodes)
     context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     log = PageLog()
 
@@ -116,16 +127,19 @@ def open_comfy(browser, base_url: str, *, vue_nodes: bool = False):
         "&& names.every((n) => app.extensions.some((e) => e.name === n))); }",
         arg=list(PSLD_EXTENSIONS), timeout=90_000)
     page.wait_for_timeout(1000)  # let the start-up dialogs and stores settle
-    set_setting(page, "Comfy.VueNodes.Enabled", vue_nodes)
+    rendering = page.evaluate("() => window.comfyAPI.app.app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
+    assert bool(rendering) == vue_nodes, f"Comfy.VueNodes.Enabled is {rendering!r} in the page"
     page.evaluate("() => window.comfyAPI.app.app.graph.clear()")
     install_event_recorder(page)
     log.phase = "test"
     return page, log
 
 
-def set_setting(page, name: str, value) -> None:
-    page.evaluate("async ([name, value]) => { await window.comfyAPI.app.app.extensionManager.setting.set(name, "
-                  "value); }", [name, value])
+def post_setting(base_url: str, name: str, value) -> None:
+    """Store a user setting on the server (POST /settings/<id>), as the settings dialog does."""
+    request = urllib.request.Request(f"{base_url}/settings/{name}", data=json.dumps(value).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
 
 
 def install_event_recorder(page) -> None:
@@ -142,8 +156,17 @@ def install_event_recorder(page) -> None:
 
 
 def load_workflow(page, workflow: dict) -> None:
-    """Open a UI-format workflow the way the app's Open / drag-and-drop does."""
+    """Open a UI-format workflow the way the app's Open / drag-and-drop does; returns once its nodes are in the
+    graph (newer frontends finish loading after loadGraphData resolves)."""
     page.evaluate("async (workflow) => { await window.comfyAPI.app.app.loadGraphData(workflow); }", workflow)
+    try:
+        page.wait_for_function("(n) => window.comfyAPI.app.app.graph.nodes.length === n",
+                               arg=len(workflow["nodes"]), timeout=30_000)
+    except Exception as error:
+        state = page.evaluate("() => { const app = window.comfyAPI.app.app; return { nodes: app.graph.nodes.map("
+                              "(n) => n.type), same: app.graph === app.canvas.graph, dialogs: [...document"
+                              ".querySelectorAll('[role=dialog]')].map((d) => d.textContent.slice(0, 200)) }; }")
+        raise AssertionError(f"the workflow did not load: {state}") from error
 
 
 def fit_view(page) -> None:
@@ -250,6 +273,21 @@ def build_graph(page, nodes: list[dict]) -> dict[str, str]:
       app.graph.setDirtyCanvas(true, true);
       return Object.fromEntries(Object.entries(made).map(([key, node]) => [key, String(node.id)]));
     }""", nodes)
+
+
+def set_widgets(page, node_id: str, values: dict) -> None:
+    """Set widget values as the widgets themselves do (value, then the widget's callback)."""
+    page.evaluate("""([id, values]) => {
+      const app = window.comfyAPI.app.app;
+      const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+      for (const [name, value] of Object.entries(values)) {
+        const widget = node.widgets?.find((w) => w.name === name);
+        if (!widget) throw new Error(`${node.type} has no widget ${name}`);
+        widget.value = value;
+        widget.callback?.(value);
+      }
+      app.graph.setDirtyCanvas(true, true);
+    }""", [node_id, values])
 
 
 def serialize_graph(page) -> dict:

@@ -5,9 +5,8 @@ development, a server you started yourself (e.g. `make serve`) named by PSLD_COM
 """
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from helpers.hosts import ARTIFACTS
 from helpers.tiny_models import CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_PHOTO = REPO / "tests" / "data" / "astronaut_128.png"
+PHOTOS = sorted((REPO / "tests" / "data").glob("*.png"))  # the names the example workflows' LoadImage nodes use
 # Settings a returning user has: no first-visit template browser over the graph.
 SETTINGS = {"Comfy.TutorialCompleted": True}
 
@@ -42,8 +41,9 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def page_server(request) -> dict:
-    """The server the page talks to, prepared like a returning user's: settings, and the test photo uploaded
-    through /upload/image as LoadImage's upload button does. Returns url, photo and checkpoint names."""
+    """The server the page talks to, prepared like a returning user's: settings, and the photos the example
+    workflows load, uploaded through /upload/image as LoadImage's upload button does (the mask-inpainting photo
+    with its transparent hole is made by tools/make_workflows.py). Returns url, photo and checkpoint names."""
     url = os.environ.get("PSLD_COMFY_URL", "").rstrip("/")
     if url:
         checkpoint = os.environ.get("PSLD_TINY_CHECKPOINT", CHECKPOINT)
@@ -51,11 +51,14 @@ def page_server(request) -> dict:
         url = request.getfixturevalue("comfy_url")
         checkpoint = request.getfixturevalue("tiny_checkpoint")
     for name, value in SETTINGS.items():
-        urllib.request.urlopen(urllib.request.Request(
-            f"{url}/settings/{name}", data=json.dumps(value).encode(), method="POST",
-            headers={"Content-Type": "application/json"}), timeout=30).close()
-    photo = ComfyClient(url).upload_image(TEST_PHOTO.read_bytes(), "psld_test_astronaut_128.png")
-    return {"url": url, "photo": photo, "checkpoint": checkpoint}
+        comfy_page.post_setting(url, name, value)
+    client = ComfyClient(url)
+    for photo in PHOTOS:
+        client.upload_image(photo.read_bytes(), photo.name)
+    sys.path.insert(0, str(REPO / "tools"))
+    from make_workflows import HOLE_PHOTO, photo_with_hole
+    client.upload_image(photo_with_hole(), HOLE_PHOTO)
+    return {"url": url, "photo": "astronaut_128.png", "checkpoint": checkpoint}
 
 
 @pytest.fixture

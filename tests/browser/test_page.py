@@ -45,23 +45,48 @@ def test_example_workflows_exist():
                        "there must be at least one (ask the lead).")
 
 
+def hole_percent(size: int) -> str:
+    """The hole of the mask-inpainting photo (tools/make_workflows.py), in percent as the preview caption shows."""
+    import numpy as np
+    from make_workflows import hole_mask  # tools/ is on sys.path (conftest)
+    return f"{100 * float((np.asarray(hole_mask(size)) >= 128).mean()):.1f}%"
+
+
+def widget_values(page, node_id: str) -> dict:
+    return page.evaluate("(id) => Object.fromEntries(window.comfyAPI.app.app.graph.getNodeById(id).widgets"
+                         ".filter((w) => !w.name.startsWith('psld_')).map((w) => [w.name, w.value]))", node_id)
+
+
 @pytest.mark.parametrize("rendering", RENDERINGS)
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_example_workflow_renders(open_page, artifacts, workflow_path, rendering):
+    """Open an example workflow: every node is known to the host, each operator node shows its preview (or, for
+    mask_inpaint, where the mask comes from), each sampler its empty plot; no console error."""
     page, log = open_page(vue_nodes=rendering == "vue")
     log.phase = f"load {workflow_path.name}"
     comfy_page.load_workflow(page, json.loads(workflow_path.read_text()))
     page.wait_for_timeout(1500)
     ids = comfy_page.psld_node_ids(page)
     assert ids, f"{workflow_path.name} has no PSLD node"
-    missing = page.evaluate("() => window.comfyAPI.app.app.graph.nodes.filter((n) => n.has_errors || "
-                            "n.type === undefined || !window.LiteGraph.registered_node_types[n.type])"
-                            ".map((n) => `${n.id}:${n.type}`)")
-    assert not missing, f"nodes the host does not know: {missing}"
-    for node_id in ids.get("PSLD_LinearOperator", []):
-        report = wait_for_preview(page, node_id)
+    unknown = page.evaluate("() => window.comfyAPI.app.app.graph.nodes.filter((n) => "
+                            "!window.LiteGraph.registered_node_types[n.type]).map((n) => `${n.id}:${n.type}`)")
+    assert not unknown, f"nodes the host does not know: {unknown}"
+    for node_id in ids.get("PSLD_LinearOperator", []) + ids.get("PSLD_Degrade", []):
+        source = page.evaluate("""(id) => {  // the operator node this preview shows
+          const node = window.comfyAPI.app.app.graph.getNodeById(id);
+          if (node.type === "PSLD_LinearOperator") return String(node.id);
+          const source = node.getInputNode(node.inputs.findIndex((i) => i.name === "operator"));
+          return source ? String(source.id) : null;
+        }""", node_id)
+        settings = widget_values(page, source)
+        if settings["task"] == "mask_inpaint":  # the hole comes from LoadImage's MASK: the page draws it
+            report = wait_for_preview(page, node_id, caption=f"MASK {settings['width']}x{settings['height']}")
+            assert f"{hole_percent(settings['width'])} hole." in report["preview"]["text"], report
+            assert report["preview"]["text"].endswith("hole."), report  # no problem reported after it
+            continue
+        report = wait_for_preview(page, node_id, caption=f"{settings['height']}x{settings['width']}")
         assert report["preview"]["width"] > 50, report
-    for node_id in ids.get("PSLD_Sampler", []):
+    for node_id in ids.get("PSLD_Sampler", []) + ids.get("PSLD_PosteriorSampler", []):
         report = comfy_page.node_report(page, node_id)
         assert report["plot"] is not None and report["plot"]["connected"], report
         assert report["plot"]["dataset"]["state"] == "waiting", report
@@ -69,6 +94,47 @@ def test_example_workflow_renders(open_page, artifacts, workflow_path, rendering
     comfy_page.screenshot(page, artifacts, f"workflow-{workflow_path.stem}-{rendering}")
     assert not log.errors(), "\n".join(log.errors())
     assert not log.outside_requests, log.outside_requests
+
+
+def test_example_workflow_runs_on_the_tiny_checkpoint(open_page, page_server, artifacts):
+    """Open the box-inpainting example, make it small as a user would in the widgets (tiny checkpoint, 128 px
+    photo and operator, 3 steps), press Run: the plot gets one point per step, the operator preview stays."""
+    path = REPO / "example_workflows" / "PSLD_box_inpainting.json"
+    assert path in WORKFLOWS, "the box-inpainting example workflow is missing"
+    page, log = open_page()
+    comfy_page.load_workflow(page, json.loads(path.read_text()))
+    ids = comfy_page.psld_node_ids(page)
+    (operator,), (sampler,) = ids["PSLD_LinearOperator"], ids["PSLD_Sampler"]
+    others = page.evaluate("() => Object.fromEntries(window.comfyAPI.app.app.graph.nodes.map((n) => [n.type, "
+                           "String(n.id)]))")
+    steps = 3
+    comfy_page.set_widgets(page, others["CheckpointLoaderSimple"], {"ckpt_name": page_server["checkpoint"]})
+    comfy_page.set_widgets(page, others["LoadImage"], {"image": "astronaut_128.png"})
+    comfy_page.set_widgets(page, operator, {"width": 128, "height": 128})
+    comfy_page.set_widgets(page, sampler, {"steps": steps, "seed": time.time_ns() % 2**48})
+    wait_for_preview(page, operator, caption="128x128")
+    log.phase = "run"
+    comfy_page.queue_with_run_button(page)
+    events = comfy_page.wait_for_run_end(page)
+    assert events[-1]["type"] == "execution_success", events[-1]
+    progress = [e["detail"] for e in events if e["type"] == "psld.progress"]
+    assert [(d["node"], d["step"], d["total"]) for d in progress] == [(sampler, i, steps) for i in range(steps)]
+    plot = comfy_page.node_report(page, sampler)["plot"]
+    assert plot["dataset"]["points"] == str(steps) and plot["dataset"]["state"] == "done", plot
+    report = wait_for_preview(page, operator, caption="128x128")
+    assert report["previewImageLoaded"], report
+    comfy_page.fit_view(page)
+    comfy_page.screenshot(page, artifacts, "example-run-box_inpainting")
+    assert not log.errors(), "\n".join(log.errors())
+    assert not log.outside_requests, log.outside_requests
+
+
+def test_page_is_confined_to_loopback(page_server):
+    """The server runs with --disable-api-nodes: its pages carry a CSP that allows connections to itself only."""
+    import urllib.request
+    with urllib.request.urlopen(page_server["url"] + "/", timeout=30) as response:
+        policy = response.headers.get("Content-Security-Policy", "")
+    assert re.search(r"connect-src 'self'( data:)?;", policy), policy
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
@@ -246,3 +312,25 @@ def test_run_plots_one_point_per_step_on_each_sampler(open_page, page_server, ar
         assert comfy_page.node_report(page, node_id)["plot"]["dataset"]["points"] == str(n)
     assert not log.errors(), "\n".join(log.errors())
     assert not log.outside_requests, log.outside_requests
+
+
+def test_interrupted_run_keeps_its_curve(open_page, page_server):
+    """Cancel a long run after a few steps: the plot keeps the steps it got and says where it stopped."""
+    page, log = open_page()
+    ids = comfy_page.build_graph(page, run_graph(page_server, (500,)))
+    sampler = ids["sampler0"]
+    log.phase = "run"
+    comfy_page.queue_with_run_button(page)
+    page.wait_for_function("(id) => window.__psldEvents.filter((e) => e.type === 'psld.progress' "
+                           "&& e.detail.node === id).length >= 2", arg=sampler, timeout=300_000, polling=200)
+    page.evaluate("() => window.comfyAPI.api.api.interrupt()")
+    events = comfy_page.wait_for_run_end(page)
+    assert any(e["type"] == "execution_interrupted" for e in events), [e["type"] for e in events]
+    received = [e["detail"]["step"] for e in events if e["type"] == "psld.progress"]
+    assert 2 <= len(received) < 500 and received == list(range(len(received)))
+    page.wait_for_timeout(500)
+    plot = comfy_page.node_report(page, sampler)["plot"]
+    assert plot["dataset"]["state"] == "stopped", plot
+    assert plot["dataset"]["points"] == str(len(received)), plot
+    assert plot["text"].startswith(f"stopped at step {len(received)}/500"), plot["text"]
+    assert not log.errors(), "\n".join(log.errors())
