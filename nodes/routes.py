@@ -3,7 +3,8 @@
 The page (web/psld_preview.js) sends the node's widget values as JSON and shows the PNG that comes back. Every
 request is checked against the node's own input definitions (types, ranges, choices), then the operator is built by
 nodes/operator_factory.build_operator and drawn by nodes/operator_preview.operator_preview, exactly as the node does
-when it runs. Anything wrong (bad JSON, wrong type, out of range, too large) gets HTTP 400 with {"error": message}; the server keeps serving.
+when it runs. Anything wrong (bad JSON, wrong type, out of range, too large) gets HTTP 400 with {"error": message};
+the server keeps serving.
 
 The route is registered once, when the pack is loaded by a running ComfyUI server. Loaded in-process (tests, scripts)
 there is no server and nothing is registered.

@@ -122,11 +122,14 @@ def open_comfy(browser, base_url: str, *, vue_nodes: bool = False):
     page.on("console", log.on_console)
     page.on("pageerror", log.on_page_error)
     page.goto(base_url)
-    page.wait_for_function(
-        "(names) => { const app = window.comfyAPI?.app?.app; return !!(app?.canvas && app.extensions "
-        "&& names.every((n) => app.extensions.some((e) => e.name === n))); }",
-        arg=list(PSLD_EXTENSIONS), timeout=90_000)
-    page.wait_for_timeout(1000)  # let the start-up dialogs and stores settle
+    # ready: our extensions registered, and the start-up workflow restored (it would replace a graph loaded
+    # earlier); the stores throw while the app is still being created
+    page.wait_for_function("""(names) => { try {
+        const app = window.comfyAPI?.app?.app;
+        return !!(app?.canvas && names.every((n) => app.extensions.some((e) => e.name === n))
+                  && app.extensionManager?.workflow?.activeWorkflow);
+      } catch { return false; } }""", arg=list(PSLD_EXTENSIONS), timeout=90_000, polling=100)
+    page.wait_for_timeout(500)  # let the start-up dialogs settle
     rendering = page.evaluate("() => window.comfyAPI.app.app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
     assert bool(rendering) == vue_nodes, f"Comfy.VueNodes.Enabled is {rendering!r} in the page"
     page.evaluate("() => window.comfyAPI.app.app.graph.clear()")
@@ -143,8 +146,13 @@ def post_setting(base_url: str, name: str, value) -> None:
 
 
 def install_event_recorder(page) -> None:
-    """Record the server's websocket events the tests wait for (in window.__psldEvents)."""
+    """Record the server's websocket events the tests wait for (in window.__psldEvents); window.__psldNode(id)
+    finds a node of the graph by id (number or string, as frontends differ)."""
     page.evaluate("""() => {
+      window.__psldNode = (id) => {
+        const graph = window.comfyAPI.app.app.graph;
+        return graph.getNodeById(id) ?? graph.getNodeById(Number(id));
+      };
       if (window.__psldEvents) return;
       const events = window.__psldEvents = [];
       const api = window.comfyAPI.api.api;
@@ -218,7 +226,7 @@ def psld_node_ids(page) -> dict[str, list[str]]:
 def node_report(page, node_id: str) -> dict:
     """How a node looks in the page: its widgets, whether it has size, and its PSLD preview/plot elements."""
     return page.evaluate("""(id) => {
-      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       if (!node) return null;
       const part = (el) => el ? { dataset: { ...el.dataset }, text: el.textContent,
                                   width: el.getBoundingClientRect().width, connected: el.isConnected } : null;
@@ -279,7 +287,7 @@ def set_widgets(page, node_id: str, values: dict) -> None:
     """Set widget values as the widgets themselves do (value, then the widget's callback)."""
     page.evaluate("""([id, values]) => {
       const app = window.comfyAPI.app.app;
-      const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       for (const [name, value] of Object.entries(values)) {
         const widget = node.widgets?.find((w) => w.name === name);
         if (!widget) throw new Error(`${node.type} has no widget ${name}`);
@@ -311,10 +319,11 @@ def screenshot_nodes(page, node_ids: list[str], directory: Path, name: str, *, m
     """A screenshot cropped to the given nodes (zoomed in so their widgets are legible)."""
     box = page.evaluate("""(ids) => {
       const app = window.comfyAPI.app.app;
-      const nodes = ids.map((id) => app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id)));
+      const nodes = ids.map((id) => window.__psldNode(id));
       const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
       const x0 = Math.min(...nodes.map((n) => n.pos[0])), x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
-      const y0 = Math.min(...nodes.map((n) => n.pos[1] - title)), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+      const y0 = Math.min(...nodes.map((n) => n.pos[1] - title));
+      const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
       const el = app.canvas.canvas;
       const scale = Math.min(1.5, 0.9 * el.clientWidth / (x1 - x0), 0.8 * el.clientHeight / (y1 - y0));
       app.canvas.ds.scale = scale;
@@ -331,7 +340,8 @@ def screenshot_nodes(page, node_ids: list[str], directory: Path, name: str, *, m
         .filter((r) => r && r.height > 0);
       if (rects.length !== ids.length) return null;  // classic rendering: no DOM nodes
       const x = Math.min(...rects.map((r) => r.left)), y = Math.min(...rects.map((r) => r.top));
-      return { x, y, width: Math.max(...rects.map((r) => r.right)) - x, height: Math.max(...rects.map((r) => r.bottom)) - y };
+      return { x, y, width: Math.max(...rects.map((r) => r.right)) - x,
+               height: Math.max(...rects.map((r) => r.bottom)) - y };
     }""", node_ids)
     box = dom or box
     clip = {"x": max(0, box["x"] - margin), "y": max(0, box["y"] - margin)}

@@ -32,7 +32,7 @@ def add_node(page, node_type: str, pos: tuple[int, int]) -> str:
 def wait_for_preview(page, node_id: str, *, caption: str | None = None, timeout: int = 30_000) -> dict:
     """Wait until the node's preview shows a loaded image (and, if given, a caption containing `caption`)."""
     page.wait_for_function("""([id, caption]) => {
-      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       const view = node?.psldPreview?.view;
       return !!view && view.root.dataset.loaded === "true" && view.image.complete && view.image.naturalWidth > 0
         && (caption === null || view.caption.textContent.includes(caption));
@@ -53,7 +53,7 @@ def hole_percent(size: int) -> str:
 
 
 def widget_values(page, node_id: str) -> dict:
-    return page.evaluate("(id) => Object.fromEntries(window.comfyAPI.app.app.graph.getNodeById(id).widgets"
+    return page.evaluate("(id) => Object.fromEntries(window.__psldNode(id).widgets"
                          ".filter((w) => !w.name.startsWith('psld_')).map((w) => [w.name, w.value]))", node_id)
 
 
@@ -73,7 +73,7 @@ def test_example_workflow_renders(open_page, artifacts, workflow_path, rendering
     assert not unknown, f"nodes the host does not know: {unknown}"
     for node_id in ids.get("PSLD_LinearOperator", []) + ids.get("PSLD_Degrade", []):
         source = page.evaluate("""(id) => {  // the operator node this preview shows
-          const node = window.comfyAPI.app.app.graph.getNodeById(id);
+          const node = window.__psldNode(id);
           if (node.type === "PSLD_LinearOperator") return String(node.id);
           const source = node.getInputNode(node.inputs.findIndex((i) => i.name === "operator"));
           return source ? String(source.id) : null;
@@ -144,22 +144,21 @@ def test_operator_preview_follows_the_widgets(open_page, artifacts, rendering):
     page, log = open_page(vue_nodes=rendering == "vue")
     operator = add_node(page, "PSLD_LinearOperator", (60, 60))
     degrade = add_node(page, "PSLD_Degrade", (480, 60))
-    page.evaluate("""([a, b]) => { const g = window.comfyAPI.app.app.graph;
-      const get = (id) => g.getNodeById(id) ?? g.getNodeById(Number(id));
-      const op = get(a), dg = get(b);
+    page.evaluate("""([a, b]) => {
+      const op = window.__psldNode(a), dg = window.__psldNode(b);
       op.connect(0, dg, dg.inputs.findIndex((i) => i.name === "operator")); }""", [operator, degrade])
 
     before = wait_for_preview(page, operator, caption="Inpainting")
     assert "512x512" in before["preview"]["text"], before
     assert wait_for_preview(page, degrade, caption="Inpainting")["preview"]["text"].startswith("y = A x")
-    box_png = page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(id).psldPreview.view.image.src",
+    box_png = page.evaluate("(id) => window.__psldNode(id).psldPreview.view.image.src",
                             operator)
 
     choose_task(page, operator, "gaussian_deblur", vue=rendering == "vue")
     after = wait_for_preview(page, operator, caption="Gaussian blur")
     assert "121 px" in after["preview"]["text"], after  # the reference kernel size at 512 px
     wait_for_preview(page, degrade, caption="Gaussian blur")
-    assert page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(id).psldPreview.view.image.src",
+    assert page.evaluate("(id) => window.__psldNode(id).psldPreview.view.image.src",
                          operator) != box_png
     comfy_page.fit_view(page)
     comfy_page.screenshot(page, artifacts, f"operator-preview-{rendering}")
@@ -177,13 +176,13 @@ def choose_task(page, node_id: str, task: str, *, vue: bool) -> None:
     # classic canvas: click the combo widget's value, then the entry in litegraph's context menu
     comfy_page.fit_view(page)
     page.wait_for_function("""(id) => {
-      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       const widget = node.widgets.find((w) => w.name === "task");
       return (widget.y ?? widget.last_y) > 0;  // laid out by a first draw
     }""", arg=node_id)
     x, y = page.evaluate("""(id) => {
       const app = window.comfyAPI.app.app;
-      const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       const widget = node.widgets.find((w) => w.name === "task");
       const y = widget.y ?? widget.last_y;
       const [cx, cy] = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + y + 10]);
@@ -201,17 +200,17 @@ def test_received_text_is_shown_as_text(open_page):
     wait_for_preview(page, operator)
     markup = '<img src="x" onerror="window.__psldInjected = 1">'
     page.evaluate("""([id, markup]) => {
-      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       const widget = node.widgets.find((w) => w.name === "task");
       widget.value = markup;   // not one of the options: the server answers 400 quoting it
       widget.callback?.(markup);
     }""", [operator, markup])
     page.wait_for_function("""(id) => {
-      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       return node.psldPreview.view.caption.textContent.includes("task must be one of");
     }""", arg=operator, timeout=30_000)
     caption = page.evaluate("""(id) => {
-      const node = window.comfyAPI.app.app.graph.getNodeById(id) ?? window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const node = window.__psldNode(id);
       const view = node.psldPreview.view;
       return { text: view.caption.textContent, children: view.caption.children.length,
                loaded: view.root.dataset.loaded, injected: window.__psldInjected ?? null };
@@ -239,7 +238,8 @@ def run_graph(server: dict, steps: tuple[int, int]) -> list[dict]:
     otherwise answer a repeated prompt from its cache, and the samplers would not run."""
     seed = time.time_ns() % 2**48
     return [
-        {"key": "ckpt", "type": "CheckpointLoaderSimple", "pos": [0, 0], "widgets": {"ckpt_name": server["checkpoint"]}},
+        {"key": "ckpt", "type": "CheckpointLoaderSimple", "pos": [0, 0],
+         "widgets": {"ckpt_name": server["checkpoint"]}},
         {"key": "positive", "type": "CLIPTextEncode", "pos": [0, 160], "widgets": {"text": ""},
          "inputs": {"clip": ["ckpt", "CLIP"]}},
         {"key": "negative", "type": "CLIPTextEncode", "pos": [0, 400], "widgets": {"text": ""},
@@ -293,14 +293,16 @@ def test_run_plots_one_point_per_step_on_each_sampler(open_page, page_server, ar
         assert plot["dataset"]["points"] == str(n) and plot["dataset"]["total"] == str(n), plot
         assert plot["dataset"]["state"] == "done", plot
         assert plot["text"].startswith(f"final ({n} steps)"), plot["text"]
-        drawn = page.evaluate("(id) => Object.fromEntries(window.comfyAPI.app.app.graph.getNodeById(id)"
+        drawn = page.evaluate("(id) => Object.fromEntries(window.__psldNode(id)"
                               ".psldPlot.run.values)", node_id)
         assert drawn == {key: [d["values"][key] for d in mine] for key in ("measurement", "gluing")}
     assert {d["node"] for d in progress} == set(samplers)
     assert page.evaluate("""(ids) => ids.every((id) => {
-      const canvas = window.comfyAPI.app.app.graph.getNodeById(id).psldPlot.view.canvas;
+      const canvas = window.__psldNode(id).psldPlot.view.canvas;
       const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-      for (let i = 0; i < pixels.length; i += 4) if (pixels[i] > 200 && pixels[i + 1] > 120 && pixels[i + 2] < 80) return true;
+      for (let i = 0; i < pixels.length; i += 4) {
+        if (pixels[i] > 200 && pixels[i + 1] > 120 && pixels[i + 2] < 80) return true;
+      }
       return false;  // no orange (measurement curve) pixel drawn
     })""", samplers)
 
