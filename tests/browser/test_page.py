@@ -336,3 +336,25 @@ def test_interrupted_run_keeps_its_curve(open_page, page_server):
     assert plot["dataset"]["points"] == str(len(received)), plot
     assert plot["text"].startswith(f"stopped at step {len(received)}/500"), plot["text"]
     assert not log.errors(), "\n".join(log.errors())
+
+
+def test_sampler_inside_a_subgraph_gets_its_points(open_page, page_server):
+    """A PSLD sampler converted into a subgraph: the server tags its steps "<subgraph node>:<inner node>", and the
+    inner node's plot gets them."""
+    page, log = open_page()
+    ids = comfy_page.build_graph(page, run_graph(page_server, (3,)))
+    subgraph = page.evaluate("""(id) => {
+      const result = window.comfyAPI.app.app.graph.convertToSubgraph(new Set([window.__psldNode(id)]));
+      return String((result.node ?? result).id);
+    }""", ids["sampler0"])
+    log.phase = "run"
+    comfy_page.queue_with_run_button(page)
+    events = comfy_page.wait_for_run_end(page)
+    assert events[-1]["type"] == "execution_success", events[-1]
+    tagged = [(e["detail"]["node"], e["detail"]["step"]) for e in events if e["type"] == "psld.progress"]
+    inner = ids["sampler0"]  # converting keeps the inner node's id
+    assert tagged == [(f"{subgraph}:{inner}", step) for step in range(3)], tagged
+    points = page.evaluate("""(id) => window.__psldNode(id).subgraph.nodes
+      .filter((n) => n.psldPlot).map((n) => n.psldPlot.view.root.dataset.points)""", subgraph)
+    assert points == ["3"], points
+    assert not log.errors(), "\n".join(log.errors())
