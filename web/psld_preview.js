@@ -137,6 +137,12 @@ async function maskPicture(url) {
   return { blob, width: canvas.width, height: canvas.height, holeFraction: holes / (canvas.width * canvas.height) };
 }
 
+// What PSLD_Degrade makes, with its own noise level: "y = A x + 0.05 n" or "y = A x (no noise)".
+function measurementText(degrade) {
+  const sigma = degrade.widgets?.find((w) => w.name === "sigma_y")?.value;
+  return typeof sigma === "number" && sigma > 0 ? `y = A x + ${Number(sigma.toPrecision(3))} n` : "y = A x (no noise)";
+}
+
 async function showMask(node, state, operator, params, sequence) {
   const slot = operator.inputs?.findIndex((input) => input.name === "mask") ?? -1;
   const source = slot >= 0 ? operator.getInputNode?.(slot) : null;
@@ -163,7 +169,7 @@ async function showMask(node, state, operator, params, sequence) {
   else if (mask.width !== params.width || mask.height !== params.height) {
     problem = ` The operator acts on ${params.width}x${params.height}: set width and height to match.`;
   }
-  const prefix = kind(node) === DEGRADE ? "y = A x (hole blanked), " : "";
+  const prefix = kind(node) === DEGRADE ? `${measurementText(node)}, ` : "";
   showImage(state, mask.blob,
     `${prefix}MASK ${size} from ${source.title ?? source.type}, ${(100 * mask.holeFraction).toFixed(1)}% hole.${problem}`);
 }
@@ -182,7 +188,8 @@ async function refresh(node) {
   const body = JSON.stringify(params);
   const maskSlot = operator.inputs?.findIndex((input) => input.name === "mask") ?? -1;
   const maskSource = params.task === "mask_inpaint" && maskSlot >= 0 ? operator.getInputNode?.(maskSlot) : null;
-  const key = params.task === "mask_inpaint" ? `${body} ${maskSource?.id} ${pickedImageUrl(maskSource)}` : body;
+  const shown = params.task === "mask_inpaint" ? `${body} ${maskSource?.id} ${pickedImageUrl(maskSource)}` : body;
+  const key = kind(node) === DEGRADE ? `${shown} ${measurementText(node)}` : shown;
   if (key === state.requested) return;
   state.requested = key;
   const sequence = ++state.sequence;
@@ -208,7 +215,7 @@ async function refresh(node) {
     const blob = await response.blob();
     if (sequence !== state.sequence) return;
     const description = response.headers.get("X-PSLD-Description") ?? "";
-    const prefix = kind(node) === DEGRADE ? "y = A x + noise, A: " : "";
+    const prefix = kind(node) === DEGRADE ? `${measurementText(node)}, A: ` : "";
     showImage(state, blob, prefix + description);
   } else {
     let message = `HTTP ${response.status}`;

@@ -150,7 +150,9 @@ def test_operator_preview_follows_the_widgets(open_page, artifacts, rendering):
 
     before = wait_for_preview(page, operator, caption="Inpainting")
     assert "512x512" in before["preview"]["text"], before
-    assert wait_for_preview(page, degrade, caption="Inpainting")["preview"]["text"].startswith("y = A x")
+    assert wait_for_preview(page, degrade, caption="Inpainting")["preview"]["text"].startswith("y = A x + 0.05 n")
+    comfy_page.set_widgets(page, degrade, {"sigma_y": 0.0})  # the Degrade's own widget
+    wait_for_preview(page, degrade, caption="y = A x (no noise), A: Inpainting")
     box_png = page.evaluate("(id) => window.__psldNode(id).psldPreview.view.image.src",
                             operator)
 
