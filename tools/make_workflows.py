@@ -461,7 +461,8 @@ def check(page) -> int:
         if not same:
             for node_id in sorted(set(got) | set(want), key=int):
                 if got.get(node_id) != want.get(node_id):
-                    print(f"  node {node_id}: frontend {got.get(node_id)}\n  {'':{len(node_id)}}      file {want.get(node_id)}")
+                    print(f"  node {node_id}: frontend {got.get(node_id)}")
+                    print(f"  node {node_id}: file     {want.get(node_id)}")
     return failures
 
 

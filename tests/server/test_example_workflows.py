@@ -171,9 +171,8 @@ def test_example_workflow_restores_a_measurement_consistent_image(name, comfy_cl
 
 def test_mask_inpainting_uses_the_users_mask(comfy_client, structured_checkpoint, photos):
     """The hole of y is exactly the transparent region of the uploaded photo (LoadImage's MASK = 1 - alpha)."""
-    api = wr.with_probes(wr.for_cpu(wr.load_api("PSLD_mask_inpainting"), checkpoint=structured_checkpoint,
-                                    images=photos))
-    run = comfy_client.run(api)  # cached from the test above when it ran first
+    api = wr.for_cpu(wr.load_api("PSLD_mask_inpainting"), checkpoint=structured_checkpoint, images=photos)
+    run = comfy_client.run(wr.measurement_only(api))  # LoadImage -> operator (its MASK) -> PSLD_Degrade -> y
     y = wr.output_image(comfy_client, run, wr.PROBE_Y_VIEW)
     with Image.open(io.BytesIO(wr.photos_for_tests()[wr.HOLE_PHOTO])) as uploaded:
         rgba = np.asarray(uploaded, dtype=np.float32) / 255.0

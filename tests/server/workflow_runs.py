@@ -66,7 +66,8 @@ def structured_unet_tensor(name: str, shape: tuple) -> np.ndarray | None:
     plus = [(c, c * 2 * HALF + j) for c in range(LATENT_CHANNELS) for j in range(HALF)]
     minus = [(c, c * 2 * HALF + HALF + j) for c in range(LATENT_CHANNELS) for j in range(HALF)]
     if name == "input_blocks.0.0.weight":  # latent channel c -> 40 channels of +z_c and 40 of -z_c
-        return _identity_taps(CHANNELS, LATENT_CHANNELS, [(u, c, 1.0) for c, u in plus] + [(u, c, -1.0) for c, u in minus])
+        return _identity_taps(CHANNELS, LATENT_CHANNELS,
+                              [(u, c, 1.0) for c, u in plus] + [(u, c, -1.0) for c, u in minus])
     if name == "out.2.weight":  # GroupNorm makes each group of 10 equal channels a standardised +z_c or -z_c;
         # mean over the pairs of SiLU(n) - SiLU(-n) = n gives eps_c = standardised z_c
         return _identity_taps(LATENT_CHANNELS, CHANNELS, [(c, u, 1 / HALF) for c, u in plus]
@@ -214,6 +215,20 @@ def with_probes(api: dict) -> dict:
     api[PROBE_AX_VIEW] = {"class_type": "PreviewImage", "inputs": {"images": [PROBE_AX, 0]}}
     api[PROBE_Y_VIEW] = {"class_type": "PreviewImage", "inputs": {"images": api[sampler]["inputs"]["measurement"]}}
     return api
+
+
+def measurement_only(api: dict) -> dict:
+    """Only the part of the workflow that makes the sampler's measurement y, with y as a PreviewImage output."""
+    measurement = api[only(api, SAMPLERS)]["inputs"]["measurement"]
+    needed, todo = set(), [measurement[0]]
+    while todo:
+        node_id = todo.pop()
+        if node_id not in needed:
+            needed.add(node_id)
+            todo += [value[0] for value in api[node_id]["inputs"].values() if isinstance(value, list)]
+    part = {node_id: copy.deepcopy(api[node_id]) for node_id in needed}
+    part[PROBE_Y_VIEW] = {"class_type": "PreviewImage", "inputs": {"images": measurement}}
+    return part
 
 
 def unguided(api: dict) -> dict:
