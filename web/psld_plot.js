@@ -36,7 +36,7 @@ function nodeForExecutionId(id) {
 }
 
 function emptyRun() {
-  return { total: 0, lastStep: -1, steps: [], values: new Map(), stale: false };
+  return { total: 0, lastStep: -1, steps: [], values: new Map(), stale: false, stopped: false };
 }
 
 function makeView(node) {
@@ -125,7 +125,7 @@ function show(node) {
   const done = points > 0 && run.lastStep + 1 >= run.total;
   view.root.dataset.points = String(points);
   view.root.dataset.total = String(run.total);
-  view.root.dataset.state = points === 0 ? "waiting" : done ? "done" : "running";
+  view.root.dataset.state = points === 0 ? "waiting" : done ? "done" : run.stopped ? "stopped" : "running";
   if (points === 0) {
     view.caption.textContent = "Residuals per step appear here while the sampler runs.";
   } else {
@@ -134,7 +134,8 @@ function show(node) {
       const rows = run.values.get(s.key);
       return `${s.label} ${format(mean(rows[rows.length - 1]))}`;
     });
-    const where = done ? `final (${run.total} steps)` : `step ${run.lastStep + 1}/${run.total}`;
+    const where = done ? `final (${run.total} steps)`
+      : `${run.stopped ? "stopped at " : ""}step ${run.lastStep + 1}/${run.total}`;
     view.caption.textContent = `${where}: ${parts.join(", ")}${batch > 1 ? ` (mean of ${batch})` : ""}`;
   }
   draw(node);
@@ -152,7 +153,9 @@ function ticks(low, high, logScale, most = 5) {
           if (t >= low - 1e-9 && t <= high + 1e-9) found.push(t);
         }
       }
-      if (found.length >= 2) return found.length > most ? found.filter((_, i) => i % Math.ceil(found.length / most) === 0) : found;
+      if (found.length < 2) continue;
+      const every = Math.ceil(found.length / most);
+      return found.filter((_, i) => i % every === 0);
     }
     return [low, high];
   }
@@ -260,6 +263,17 @@ app.registerExtension({
       // the next step any plot receives starts a new curve; plots of nodes that do not run keep theirs
       for (const node of plotted) node.psldPlot.run.stale = true;
     });
+    const stop = () => {  // a failed or interrupted run: curves that did not finish say so
+      for (const node of plotted) {
+        const run = node.psldPlot.run;
+        if (!run.stale && run.steps.length && run.lastStep + 1 < run.total && !run.stopped) {
+          run.stopped = true;
+          show(node);
+        }
+      }
+    };
+    api.addEventListener("execution_error", stop);
+    api.addEventListener("execution_interrupted", stop);
   },
   nodeCreated(node) {
     if (SAMPLERS.includes(kind(node))) addPlotWidget(node);

@@ -67,18 +67,16 @@ function widgetValues(node) {
   return params;
 }
 
-// The PSLD_LinearOperator feeding a node's "operator" input, through reroutes; null if there is none.
+// The PSLD_LinearOperator feeding a Degrade's "operator" input, through Reroute nodes; null if there is none.
 function upstreamOperator(node) {
   let current = node;
-  for (let hops = 0; hops < 32 && current; hops++) {
-    const slot = kind(current) === DEGRADE
-      ? current.inputs?.findIndex((input) => input.name === "operator")
-      : 0;
-    if (slot === undefined || slot < 0) return null;
+  let slot = node.inputs?.findIndex((input) => input.name === "operator") ?? -1;
+  for (let hops = 0; hops < 32 && slot >= 0; hops++) {
     const source = current.getInputNode?.(slot);
-    if (!source) return null;
     if (kind(source) === OPERATOR) return source;
-    current = source; // a reroute or another pass-through node: follow its first input
+    if (kind(source) !== "Reroute") return null;
+    current = source;
+    slot = 0;
   }
   return null;
 }
@@ -140,12 +138,12 @@ async function maskPicture(url) {
 // What PSLD_Degrade makes, with its own noise level: "y = A x + 0.05 n" or "y = A x (no noise)".
 function measurementText(degrade) {
   const sigma = degrade.widgets?.find((w) => w.name === "sigma_y")?.value;
-  return typeof sigma === "number" && sigma > 0 ? `y = A x + ${Number(sigma.toPrecision(3))} n` : "y = A x (no noise)";
+  if (typeof sigma !== "number" || !(sigma > 0)) return "y = A x (no noise)";
+  return `y = A x + ${Number(sigma.toPrecision(3))} n`;
 }
 
-async function showMask(node, state, operator, params, sequence) {
-  const slot = operator.inputs?.findIndex((input) => input.name === "mask") ?? -1;
-  const source = slot >= 0 ? operator.getInputNode?.(slot) : null;
+// The mask_inpaint preview: the mask of the image picked in the node feeding the operator's MASK input.
+async function showMask(node, state, source, params, sequence) {
   const url = pickedImageUrl(source);
   if (!source || !url) {
     hideImage(state);
@@ -157,21 +155,26 @@ async function showMask(node, state, operator, params, sequence) {
   try {
     mask = await maskPicture(url);
   } catch {
-    if (sequence === state.sequence) { state.requested = null; hideImage(state); }
-    if (sequence === state.sequence) showText(state, "mask_inpaint: the MASK image could not be read.");
+    if (sequence === state.sequence) {
+      state.requested = null; // try again on the next change
+      hideImage(state);
+      showText(state, "mask_inpaint: the MASK image could not be read.");
+    }
     return;
   }
   if (sequence !== state.sequence) return;
   const size = `${mask.width}x${mask.height}`;
   let problem = "";
-  if (mask.holeFraction === 0) problem = " No hole: paint one in the mask editor (the image has no transparent pixel).";
-  else if (mask.holeFraction === 1) problem = " Everything is a hole: nothing is observed.";
-  else if (mask.width !== params.width || mask.height !== params.height) {
+  if (mask.holeFraction === 0) {
+    problem = " No hole: paint one in the mask editor (the image has no transparent pixel).";
+  } else if (mask.holeFraction === 1) {
+    problem = " Everything is a hole: nothing is observed.";
+  } else if (mask.width !== params.width || mask.height !== params.height) {
     problem = ` The operator acts on ${params.width}x${params.height}: set width and height to match.`;
   }
   const prefix = kind(node) === DEGRADE ? `${measurementText(node)}, ` : "";
-  showImage(state, mask.blob,
-    `${prefix}MASK ${size} from ${source.title ?? source.type}, ${(100 * mask.holeFraction).toFixed(1)}% hole.${problem}`);
+  const hole = `${(100 * mask.holeFraction).toFixed(1)}% hole`;
+  showImage(state, mask.blob, `${prefix}MASK ${size} from ${source.title ?? source.type}, ${hole}.${problem}`);
 }
 
 async function refresh(node) {
@@ -194,7 +197,7 @@ async function refresh(node) {
   state.requested = key;
   const sequence = ++state.sequence;
   if (params.task === "mask_inpaint") {
-    await showMask(node, state, operator, params, sequence);
+    await showMask(node, state, maskSource, params, sequence);
     return;
   }
   showText(state, "drawing…");
@@ -235,7 +238,8 @@ function schedule(node) {
   state.timer = setTimeout(() => {
     refresh(node).finally(() => node.setDirtyCanvas?.(true, true));
     // a Degrade shows its operator's preview: let every Degrade of the graph check whether its input changed
-    if (kind(node) === OPERATOR) for (const other of node.graph?.nodes ?? []) if (kind(other) === DEGRADE) schedule(other);
+    if (kind(node) !== OPERATOR) return;
+    for (const other of node.graph?.nodes ?? []) if (kind(other) === DEGRADE) schedule(other);
   }, DEBOUNCE_MS);
 }
 

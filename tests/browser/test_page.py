@@ -360,3 +360,20 @@ def test_sampler_inside_a_subgraph_gets_its_points(open_page, page_server):
       .filter((n) => n.psldPlot).map((n) => n.psldPlot.view.root.dataset.points)""", subgraph)
     assert points == ["3"], points
     assert not log.errors(), "\n".join(log.errors())
+
+
+def test_mask_preview_names_what_is_wrong(open_page):
+    """mask_inpaint: the page draws the mask of the picked photo and says when it cannot work: a size that differs
+    from the operator's, or a photo without transparent pixels (LoadImage then gives an empty mask)."""
+    page, log = open_page()
+    ids = comfy_page.build_graph(page, [
+        {"key": "photo", "type": "LoadImage", "pos": [0, 0], "widgets": {"image": "astronaut_512_hole.png"}},
+        {"key": "operator", "type": "PSLD_LinearOperator", "pos": [400, 0],
+         "widgets": {"task": "mask_inpaint", "width": 256, "height": 256}, "inputs": {"mask": ["photo", "MASK"]}},
+    ])
+    text = wait_for_preview(page, ids["operator"], caption="MASK 512x512")["preview"]["text"]
+    assert text.endswith("The operator acts on 256x256: set width and height to match."), text
+    comfy_page.set_widgets(page, ids["photo"], {"image": "astronaut_128.png"})  # no alpha channel
+    text = wait_for_preview(page, ids["operator"], caption="MASK 128x128")["preview"]["text"]
+    assert "0.0% hole. No hole" in text, text
+    assert not log.errors(), "\n".join(log.errors())
