@@ -119,14 +119,15 @@ def degraded_photo(wf: Workflow, operator: str, image=None) -> str:
     return degrade
 
 
-NOTE_TAIL = ("\n\n**Checkpoint:** any SD 1.5 checkpoint (here `{ckpt}`; SD 2.x and SDXL also work, at their own "
-             "resolution).\n\n**Steps:** every step backpropagates through the UNet and the VAE, so PSLD is slower "
+NOTE_TAIL = ("\n\n**Checkpoint:** an SD 1.5 checkpoint (here `{ckpt}`); the sampler also takes SD 2.x and "
+             "SDXL models (set the operator's size to their resolution).\n\n**Steps:** every step backpropagates "
+             "through the UNet and the VAE, so PSLD is slower "
              "than plain sampling; more steps follow the measurement more closely (paper: 1000).\n\n"
              "Rout et al., *Solving Linear Inverse Problems Provably via Posterior Sampling with Latent Diffusion "
              "Models*, NeurIPS 2023.")
 
-TEST_PHOTO = ("Load a {size}x{size} photo (the pack's `tests/data/astronaut_512.png` works). PSLD Degrade makes "
-              "the measurement y = A x + noise from it, so you can compare the result with the original.")
+TEST_PHOTO = ("Load a {size}x{size} photo (e.g. `tests/data/astronaut_512.png` from the pack's repository). PSLD "
+              "Degrade makes the measurement y = A x + noise from it, so you can compare the result with the original.")
 
 
 def box_inpainting() -> Workflow:
@@ -176,7 +177,7 @@ def random_inpainting() -> Workflow:
 def super_resolution() -> Workflow:
     wf = Workflow("PSLD_super_resolution_x4", "super-resolution x4",
                   "## PSLD: super-resolution x4\nA small photo **is** the measurement: load a 128x128 photo (the "
-                  "pack's `tests/data/astronaut_128.png` works) and get a 512x512 result; no Degrade needed. For "
+                  "pack repository's `tests/data/astronaut_128.png`) and get a 512x512 result; no Degrade needed. For "
                   "another size set the operator's width and height to 4x the photo's.")
     ckpt, positive, negative = model_and_prompts(wf)
     small = wf.add("LoadImage", "Load a 128x128 photo (the measurement)", 2, 0, image=PHOTO_128.name)
@@ -244,7 +245,7 @@ LOAD_AND_LAY_OUT = """async ([api, name, layout, note]) => {
   const graph = app.graph;
   const noteNode = window.LiteGraph.createNode("MarkdownNote");
   noteNode.widgets[0].value = note;
-  noteNode.size = [320, 460];
+  noteNode.size = [340, 640];
   graph.add(noteNode);
   const place = { ...layout, [noteNode.id]: [0, 0] };
   for (const node of graph.nodes) {
@@ -430,7 +431,8 @@ def write_workflows(page, object_info: dict) -> None:
     API_DIR.mkdir(parents=True, exist_ok=True)
     for wf in workflows():
         api = wf.api()
-        placed = page.evaluate(LOAD_AND_LAY_OUT, [api, wf.name, wf.layout, wf.note])
+        note = wf.note + NOTE_TAIL.format(ckpt=CHECKPOINT)
+        placed = page.evaluate(LOAD_AND_LAY_OUT, [api, wf.name, wf.layout, note])
         if placed["placed"] != placed["total"]:
             raise RuntimeError(f"{wf.name}: {placed}")
         comfy_page.fit_view(page)
