@@ -16,7 +16,6 @@ const SERIES = [ // known series first, in this order; others get the spare colo
 ];
 const SPARE_COLOURS = ["#b39ddb", "#81c784", "#e57373"];
 const MAX_STEPS = 100000; // a plot keeps at most this many steps (a sampler never runs that long)
-const plotted = new Set(); // nodes that carry a plot, in any (sub)graph
 
 function kind(node) {
   return node?.comfyClass ?? node?.type;
@@ -33,6 +32,22 @@ function nodeForExecutionId(id) {
     graph = node.subgraph;
   }
   return node;
+}
+
+// Every node with a plot, in the root graph and in subgraphs.
+function plottedNodes() {
+  const found = [];
+  const seen = new Set();
+  const visit = (graph) => {
+    if (!graph || seen.has(graph)) return;
+    seen.add(graph);
+    for (const node of graph.nodes ?? []) {
+      if (node.psldPlot) found.push(node);
+      visit(node.subgraph);
+    }
+  };
+  visit(app.rootGraph ?? app.graph);
+  return found;
 }
 
 function emptyRun() {
@@ -55,7 +70,6 @@ function makeView(node) {
   Object.assign(caption.style, { flex: "0 0 auto", font: "11px sans-serif", color: "#bbb", lineHeight: "13px",
     maxHeight: "26px", overflow: "hidden", overflowWrap: "anywhere" });
   root.append(canvas, caption);
-  root.dataset.nodeId = String(node.id);
   return { root, canvas, caption };
 }
 
@@ -69,12 +83,6 @@ function addPlotWidget(node) {
   });
   widget.serialize = false; // older frontends read the flag on the widget, newer ones in options
   node.psldPlot = { view, run: emptyRun() };
-  plotted.add(node);
-  const onRemoved = node.onRemoved;
-  node.onRemoved = function (...args) {
-    plotted.delete(this);
-    return onRemoved?.apply(this, args);
-  };
   if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => draw(node)).observe(view.canvas);
   const size = node.computeSize?.();
   if (size) node.setSize?.([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
@@ -261,10 +269,10 @@ app.registerExtension({
     });
     api.addEventListener("execution_start", () => {
       // the next step any plot receives starts a new curve; plots of nodes that do not run keep theirs
-      for (const node of plotted) node.psldPlot.run.stale = true;
+      for (const node of plottedNodes()) node.psldPlot.run.stale = true;
     });
     const stop = () => {  // a failed or interrupted run: curves that did not finish say so
-      for (const node of plotted) {
+      for (const node of plottedNodes()) {
         const run = node.psldPlot.run;
         if (!run.stale && run.steps.length && run.lastStep + 1 < run.total && !run.stopped) {
           run.stopped = true;
