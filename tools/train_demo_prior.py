@@ -280,7 +280,7 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 1000) -> torch.Tensor
 
 
 def latent_cache(args, data, device) -> dict:
-    """Posterior means of the training images and their mirror images, scaled to unit standard deviation."""
+    """Posterior means of the training images, scaled to unit standard deviation (SD's scale_factor)."""
     path = args.work / "latents.safetensors"
     from safetensors.torch import load_file, save_file
 
@@ -289,9 +289,9 @@ def latent_cache(args, data, device) -> dict:
     vae = build_vae(device)
     load_state(args.work / "vae.safetensors", {"vae": vae}, torch.optim.Adam(vae.parameters()))
     train = data["train"].to(device)
-    z = torch.cat([encode_latents(vae, train), encode_latents(vae, train.flip(-1))])
+    z = encode_latents(vae, train)
     scale = 1.0 / z.std()
-    cache = {"train": (z * scale).contiguous(), "labels": torch.cat([data["train_labels"]] * 2).to(device),
+    cache = {"train": (z * scale).contiguous(), "labels": data["train_labels"].to(device),
              "val": (encode_latents(vae, data["val"].to(device)) * scale).contiguous(),
              "val_labels": data["val_labels"].to(device), "scale": scale.reshape(1)}
     save_file({k: v.cpu() for k, v in cache.items()}, str(path))
