@@ -44,13 +44,14 @@ def test_adjoint_estimate_is_the_operators_adjoint():
 def test_pseudo_inverse_satisfies_the_penrose_conditions_and_matches_cgls():
     x = smooth_image()
     operator = SuperResolution(scale=4)
-    y = operator.forward(x) + 0.05 * torch.randn(operator.forward(x).shape, generator=torch.Generator().manual_seed(3),
-                                                 dtype=x.dtype)
+    clean = operator.forward(x)
+    y = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
     estimate = pseudo_inverse_estimate(operator, y)
     torch.testing.assert_close(operator.forward(estimate), y)  # A A^+ y = y (A has full row rank)
     # minimum norm: A^+ y lies in the row space of A, so it is unchanged by the projector A^+ A
     torch.testing.assert_close(pseudo_inverse_estimate(operator, operator.forward(estimate)), estimate)
-    generic = MatrixOperator(matrix=torch.randn(40, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    matrix = torch.randn(40, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    generic = MatrixOperator(matrix=matrix)
     y_generic = torch.randn(2, 1, 40, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     expected = torch.linalg.pinv(generic.matrix) @ y_generic[:, 0, :, 0].T
     got = conjugate_gradient_pseudo_inverse(generic, y_generic, iterations=200)
@@ -75,7 +76,8 @@ def test_gradient_and_divergence_are_negative_adjoints():
 
 
 def test_operator_norm_by_power_iteration():
-    generic = MatrixOperator(matrix=torch.randn(30, 50, generator=torch.Generator().manual_seed(7), dtype=torch.float64))
+    matrix = torch.randn(30, 50, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    generic = MatrixOperator(matrix=matrix)
     image = torch.zeros(1, 1, 50, 1, dtype=torch.float64)
     assert operator_norm(generic, image, iterations=300) == pytest.approx(
         float(torch.linalg.matrix_norm(generic.matrix, ord=2)), rel=1e-4)
