@@ -87,8 +87,8 @@ METHODS = ("psld", "gml-dps", "ldps", "adjoint", "pinv", "tv", "ksampler-mask")
 LABELS = {"psld": "PSLD", "gml-dps": "GML-DPS", "ldps": "LDPS", "adjoint": "A^T y", "pinv": "A^+ y", "tv": "TV-LS",
           "ksampler-mask": "KSampler + noise mask", "ksampler-mask-paste": "KSampler + noise mask + paste"}
 
-OMEGA_GRID = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-GAMMA_RATIOS = (0.0, 0.03, 0.1, 0.3, 1.0)  # PSLD stage 2: gamma = ratio x the best omega (0.1 = stage 1)
+OMEGA_GRID = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+GAMMA_RATIOS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)  # PSLD stage 2: gamma = ratio x the best omega (0.1 = stage 1)
 TV_GRID = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 TV_DEFAULT = 0.02
 QUICK_DEFAULTS = dict(images=2, steps=3, batch=2, tune_images=2, tune_steps=2, sweep_steps="2,4", sweep_images=2,
@@ -131,6 +131,8 @@ class Bench:
         self.baselines = pack(nodes, "psld.baselines")
         self.metrics = pack(nodes, "psld.metrics")
         self.losses = pack(nodes, "psld.losses")
+        self.input_error = pack(nodes, "nodes.errors").PSLDInputError
+        self.examples = {}  # name -> the first EXAMPLES restored images of the last run (for the picture)
 
     # ---- problems
     def operator(self, task: str):
@@ -207,7 +209,7 @@ class Bench:
         ksampler-mask returns {"ksampler-mask": ..., "ksampler-mask-paste": ...}."""
         batch = self.args.batch
         outputs: dict[str, dict] = {}
-        self.examples = {}  # name -> the first EXAMPLES restored images (for the picture)
+        self.examples = {}
         seconds = 0.0
         for k, start in enumerate(range(0, images.shape[0], batch)):
             chunk = slice(start, start + batch)
@@ -240,16 +242,14 @@ class Bench:
 # ------------------------------------------------------------------------------------------------ statistics
 
 def mean(values) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+    return sum(values) / len(values) if values else math.nan
 
 
 def std(values) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < 2:
+    if len(values) < 2:
         return 0.0
-    m = mean(finite)
-    return math.sqrt(sum((v - m) ** 2 for v in finite) / (len(finite) - 1))  # sample standard deviation
+    m = mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))  # sample standard deviation
 
 
 def summary(entry: dict) -> dict:
@@ -323,11 +323,17 @@ def tune(bench: Bench, task: str, spec, images, measurement, methods, grids) -> 
 
     def evaluate(method, params):
         label = f"tune {task} {LABELS[method]} {params}"
-        entry = bench.run(method, task, spec, images, measurement, params, steps, label)[method]
+        try:
+            entry = bench.run(method, task, spec, images, measurement, params, steps, label)[method]
+        except bench.input_error as error:  # the sampler's PSLDDivergenceError, re-raised on input 'loss'
+            if error.input_name != "loss":
+                raise
+            print(f"  {label}: diverged ({error.problem})", flush=True)
+            return {"params": params, "psnr": -math.inf, "ssim": -math.inf, "diverged": True}
         return {"params": params, "psnr": mean(entry["psnr"]), "ssim": mean(entry["ssim"])}
 
     def best(scores):
-        return max(scores, key=lambda s: s["psnr"] if math.isfinite(s["psnr"]) else -math.inf)
+        return max(scores, key=lambda s: s["psnr"] if not math.isnan(s["psnr"]) else -math.inf)
 
     for method in methods:
         if method in ("psld", "gml-dps", "ldps"):
@@ -342,6 +348,8 @@ def tune(bench: Bench, task: str, spec, images, measurement, methods, grids) -> 
                     if r != GAMMA_RATIO:
                         scores.append(evaluate(method, {"omega": omega, "gamma": round(r * omega, 12)}))
                 winner = best(scores)
+                ratio = winner["params"]["gamma"] / omega
+                at_edge = at_edge or math.isclose(ratio, max(grids["gamma_ratios"]))  # (ratio 0 is a true end)
                 grid["gamma_stage2"] = f"{list(grids['gamma_ratios'])} x best omega"
             out[method] = {"grid": grid, "scores": scores, "winner": winner["params"], "at_edge": at_edge}
         elif method == "tv":
@@ -449,7 +457,8 @@ def markdown(report: dict) -> str:
         for task, methods in report["tuning"].items():
             for method, t in methods.items():
                 grid = "; ".join(f"{k} {v}" for k, v in t["grid"].items())
-                scores = "; ".join(f"{params_text(s['params'])}: {s['psnr']:.2f}" for s in t["scores"])
+                scores = "; ".join(f"{params_text(s['params'])}: "
+                                   + ("diverged" if s.get("diverged") else f"{s['psnr']:.2f}") for s in t["scores"])
                 edge = " (grid edge)" if t["at_edge"] else ""
                 lines.append(f"| {task} | {LABELS[method]} | {grid} | {params_text(t['winner'])}{edge} | {scores} |")
     if report["sweep"]:
