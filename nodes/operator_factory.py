@@ -35,7 +35,9 @@ BOX_PLACEMENTS = ("random", "centred")  # reference code / paper text
 SR_SCALES = ("2", "4", "8")
 PROJECTIONS = ("paper", "exact")
 
-SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 4096, 8  # the image is encoded by a VAE with a factor-8 latent
+# The image goes through a VAE: SD's has an 8x smaller latent, the demo prior's (PSLD_DemoModelLoader) a 4x smaller
+# one on 32 x 32 images. Multiples of 8 suit both; the sampler checks the size against the VAE's own ratio.
+SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 32, 4096, 8
 BOX_MARGIN = 16  # reference: random boxes keep 16 px from the border
 MASK_THRESHOLD = 0.5  # a ComfyUI mask value >= 0.5 marks a hole pixel
 
@@ -87,7 +89,7 @@ def size_problem(height, width) -> tuple[str, str, str] | None:
         if not SIZE_MIN <= value <= SIZE_MAX or value % SIZE_MULTIPLE:
             return (name, f"{name}={value} is not allowed.",
                     f"use a multiple of {SIZE_MULTIPLE} between {SIZE_MIN} and {SIZE_MAX} (the image goes through "
-                    f"a VAE with an 8x smaller latent).")
+                    f"a VAE whose latent is 8x smaller, 4x for the demo model).")
     return None
 
 
