@@ -2,6 +2,7 @@
 #   make host    build ComfyUI 0.30.0 (.comfyui) and 0.3.75 (.comfyui-floor)
 #   make test    every test layer on both hosts
 #   make serve   run the current host with this pack on http://127.0.0.1:8188
+#   make demo    the demo-model workflows on a headless server: .artifacts/demo/psld_demo.png, .md, .json
 #   make bench   benchmark scripts (print measured ratios)
 SHELL := /bin/bash
 CUR_PY   := .comfyui/venv/bin/python
@@ -9,7 +10,7 @@ FLOOR_PY := .comfyui-floor/venv/bin/python
 PYTEST   := -q -ra -p no:cacheprovider
 PORT     ?= 8188
 
-.PHONY: host host-current host-floor serve test test-psld test-current test-floor test-browser browser-deps bench clean-host
+.PHONY: host host-current host-floor serve demo test test-psld test-current test-floor test-browser browser-deps bench clean-host
 
 host: host-current host-floor
 
@@ -27,6 +28,10 @@ serve: host-current
 	  --extra-model-paths-config ../extra_model_paths.yaml \
 	  --output-directory ../state/output --temp-directory ../state/temp \
 	  --input-directory ../state/input --user-directory ../state/user
+
+# PSLD vs plain ComfyUI on the bundled demo prior (5 tasks, seconds each on a CPU); exits 1 if a workflow fails
+demo: host-current
+	$(CUR_PY) tools/demo.py
 
 # pure torch (psld/), then in-process and server tests on each host, then the browser tests
 test: host test-psld test-current test-floor test-browser

@@ -1,6 +1,7 @@
 """Generate the example workflows: one per task, in ComfyUI's UI format (example_workflows/<name>.json, listed in the
 template browser), its API form (tests/server/workflows/<name>.json, what the server tests submit) and a thumbnail
-(example_workflows/<name>.jpg).
+(example_workflows/<name>.jpg). The demo-model workflows (PSLD_demo_*: the bundled Fashion-MNIST prior and example
+images, nothing to download) keep their API form in example_workflows/api/, where `make demo` (tools/demo.py) reads it.
 
 Each workflow is written once below, in API form (readable Python, titles included). The UI form is made by the real
 frontend of the selected host in headless Chromium: `app.loadApiJson(api)` builds the graph, the nodes are laid out
@@ -11,6 +12,7 @@ workflow's own operator does to the bundled photo (computed by the pack's nodes 
 
 Usage (host and browser from `make host browser-deps`):
     PSLD_COMFY_HOST=current .comfyui/venv/bin/python tools/make_workflows.py          # write all three
+    PSLD_COMFY_HOST=current .comfyui/venv/bin/python tools/make_workflows.py --only PSLD_demo_   # some of them
     PSLD_COMFY_HOST=floor .comfyui-floor/venv/bin/python tools/make_workflows.py --check
         # open every committed UI file in that host's frontend; its API form must equal the committed API file
 """
@@ -30,6 +32,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "browser")]
 
 UI_DIR = REPO / "example_workflows"
 API_DIR = REPO / "tests" / "server" / "workflows"
+DEMO_API_DIR = UI_DIR / "api"  # not listed by the template browser (it globs example_workflows/*.json only)
 PHOTO_512 = REPO / "tests" / "data" / "astronaut_512.png"
 PHOTO_128 = REPO / "tests" / "data" / "astronaut_128.png"
 HOLE_PHOTO = "astronaut_512_hole.png"  # RGBA: transparent pixels = the hole (LoadImage's MASK = 1 - alpha)
@@ -75,6 +78,8 @@ class Workflow:
     note: str  # Markdown shown in the workflow
     nodes: dict = field(default_factory=dict)
     layout: dict = field(default_factory=dict)
+    api_dir: Path = API_DIR  # where its API form goes
+    tail: str | None = None  # end of the note; None: NOTE_TAIL (the SD 1.5 checkpoint)
 
     def add(self, class_type: str, title: str, column: int, row: int, **inputs) -> str:
         node_id = str(len(self.nodes) + 1)
@@ -231,9 +236,153 @@ def motion_deblur() -> Workflow:
     return wf
 
 
+# -- demo-model workflows: the bundled Fashion-MNIST prior, PSLD next to what a ComfyUI user would do without it --
+
+DEMO_SIZE, DEMO_STEPS, DEMO_SIGMA_Y = 32, 50, 0.05
+DEMO_MODEL, DEMO_VAE, DEMO_POSITIVE, DEMO_NEGATIVE = 0, 1, 2, 3  # PSLD_DemoModelLoader outputs
+# every operator widget written out: the frontend's loadApiJson kept a value of the previous graph's operator for a
+# widget left out (box_placement), so the API form would not be the definition
+DEMO_OPERATOR = dict(seed=0, projection="paper", box_size=0, box_placement="centred", drop_fraction=0.0, sr_scale="4",
+                     sr_mode="bicubic", kernel_size=0, blur_sigma=1.0, motion_intensity=0.5)
+DEMO_PREFIX = "PSLD_demo"  # output subfolder; files <task>_truth, _measurement, _psld, _without_psld
+DEMO_TAIL = ("\n\n**Model:** the pack's demo prior, a small latent diffusion model trained on Fashion-MNIST 32x32 "
+             "(`models/psld_demo_fmnist32.safetensors`); the images are Fashion-MNIST test images it never saw "
+             "(Zalando Research, MIT licence). It runs in seconds on a CPU.\n\n**Outputs** (in "
+             f"`output/{DEMO_PREFIX}/`): the truth, the measurement y, the PSLD result and the result without "
+             "PSLD, to compare. `make demo` runs this workflow and tabulates PSNR, SSIM and ||A x - y||.\n\n"
+             "Rout et al., *Solving Linear Inverse Problems Provably via Posterior Sampling with Latent Diffusion "
+             "Models*, NeurIPS 2023.")
+
+
+def demo_measurement(wf: Workflow, task: str, index: int, **settings) -> tuple[str, str, str]:
+    """Demo model and image -> operator -> PSLD_Degrade, saving the truth and y. Returns (loader, operator, degrade)."""
+    short = wf.name.removeprefix("PSLD_demo_")
+    loader = wf.add("PSLD_DemoModelLoader", "PSLD Demo Model Loader (Fashion-MNIST 32x32)", 1, 0, subject="any")
+    truth = wf.add("PSLD_DemoImage", "PSLD Demo Image (the truth)", 1, 1, index=index)
+    operator = wf.add("PSLD_LinearOperator", f"PSLD Linear Operator ({wf.label})", 2, 0, task=task,
+                      width=DEMO_SIZE, height=DEMO_SIZE, **{**DEMO_OPERATOR, **settings})
+    degrade = wf.add("PSLD_Degrade", "PSLD Degrade (makes the measurement)", 2, 1, image=(truth, IMAGE),
+                     operator=(operator, OPERATOR), sigma_y=DEMO_SIGMA_Y, seed=0)
+    wf.add("SaveImage", "Truth", 3, 0, images=(truth, IMAGE), filename_prefix=f"{DEMO_PREFIX}/{short}_truth")
+    wf.add("SaveImage", "Measurement y", 3, 1, images=(degrade, MEASUREMENT),
+           filename_prefix=f"{DEMO_PREFIX}/{short}_measurement")
+    return loader, operator, degrade
+
+
+def demo_psld(wf: Workflow, loader: str, operator: str, degrade: str) -> None:
+    """PSLD_Sampler on the demo model -> SaveImage."""
+    sampler = wf.add("PSLD_Sampler", "PSLD Sampler", 4, 0, model=(loader, DEMO_MODEL), vae=(loader, DEMO_VAE),
+                     positive=(loader, DEMO_POSITIVE), negative=(loader, DEMO_NEGATIVE),
+                     operator=(operator, OPERATOR), measurement=(degrade, MEASUREMENT), seed=0, steps=DEMO_STEPS,
+                     cfg=1.0, eta=0.0, scheduler="ddim_uniform")
+    wf.add("SaveImage", "PSLD result", 4, 1, images=(sampler, SAMPLER_IMAGE),
+           filename_prefix=f"{DEMO_PREFIX}/{wf.name.removeprefix('PSLD_demo_')}_psld")
+
+
+def demo_ksampler(wf: Workflow, loader: str, latent: tuple, denoise: float, title: str) -> str:
+    """Core KSampler with the same model, prompts, seed, steps and DDIM schedule as the PSLD sampler, decoded."""
+    ksampler = wf.add("KSampler", title, 5, 3, model=(loader, DEMO_MODEL), positive=(loader, DEMO_POSITIVE),
+                      negative=(loader, DEMO_NEGATIVE), latent_image=latent, seed=0, steps=DEMO_STEPS, cfg=1.0,
+                      sampler_name="ddim", scheduler="ddim_uniform", denoise=denoise)
+    return wf.add("VAEDecode", "VAE Decode", 6, 0, samples=(ksampler, 0), vae=(loader, DEMO_VAE))
+
+
+def save_without_psld(wf: Workflow, image: str) -> None:
+    wf.add("SaveImage", "Without PSLD", 6, 1, images=(image, 0),
+           filename_prefix=f"{DEMO_PREFIX}/{wf.name.removeprefix('PSLD_demo_')}_without_psld")
+
+
+def demo_inpainting_baseline(wf: Workflow, loader: str, operator: str, degrade: str) -> None:
+    """ComfyUI's latent inpainting: encode y, mask the latent (hole from the operator's preview, which is the mask,
+    white = hole, for inpainting tasks), KSampler at denoise 1 regenerates the hole and keeps the rest."""
+    mask = wf.add("ImageToMask", "Operator preview -> MASK (white = hole)", 5, 0, image=(operator, OPERATOR_PREVIEW),
+                  channel="red")
+    encoded = wf.add("VAEEncode", "VAE Encode (the measurement)", 5, 1, pixels=(degrade, MEASUREMENT),
+                     vae=(loader, DEMO_VAE))
+    masked = wf.add("SetLatentNoiseMask", "Set Latent Noise Mask", 5, 2, samples=(encoded, 0), mask=(mask, 0))
+    save_without_psld(wf, demo_ksampler(wf, loader, (masked, 0), 1.0, "KSampler (inpaint the masked latent)"))
+
+
+def demo_img2img_baseline(wf: Workflow, loader: str, degrade: str, denoise: float = 0.5) -> None:
+    """ComfyUI's img2img: encode y, KSampler at denoise 0.5 (keeps the layout, redraws the detail)."""
+    encoded = wf.add("VAEEncode", "VAE Encode (the measurement)", 5, 1, pixels=(degrade, MEASUREMENT),
+                     vae=(loader, DEMO_VAE))
+    save_without_psld(wf, demo_ksampler(wf, loader, (encoded, 0), denoise, f"KSampler (img2img, denoise {denoise})"))
+
+
+def demo_workflow(name: str, label: str, note: str) -> Workflow:
+    return Workflow(f"PSLD_demo_{name}", label, f"## PSLD demo: {label}\n" + note, api_dir=DEMO_API_DIR,
+                    tail=DEMO_TAIL)
+
+
+WITHOUT_PSLD = "\n\n**Without PSLD** (right column): "
+
+
+def demo_box_inpainting() -> Workflow:
+    wf = demo_workflow("box_inpainting", "box inpainting", "Fills the missing centre square (16x16) of a 32x32 "
+                       "Fashion-MNIST image." + WITHOUT_PSLD + "ComfyUI's latent inpainting: VAE Encode of y, Set "
+                       "Latent Noise Mask with the operator's mask (its preview output through Image To Mask), "
+                       "KSampler at denoise 1.")
+    loader, operator, degrade = demo_measurement(wf, "box_inpaint", 2)
+    demo_psld(wf, loader, operator, degrade)
+    demo_inpainting_baseline(wf, loader, operator, degrade)
+    return wf
+
+
+def demo_random_inpainting() -> Workflow:
+    wf = demo_workflow("random_inpainting", "random inpainting", "Restores an image with 70 % of its pixels "
+                       "missing (seeded)." + WITHOUT_PSLD + "ComfyUI's latent inpainting with the operator's mask "
+                       "(a pixel mask becomes a soft latent mask).")
+    loader, operator, degrade = demo_measurement(wf, "random_inpaint", 0, drop_fraction=0.7)
+    demo_psld(wf, loader, operator, degrade)
+    demo_inpainting_baseline(wf, loader, operator, degrade)
+    return wf
+
+
+def demo_super_resolution() -> Workflow:
+    wf = demo_workflow("super_resolution_x4", "super-resolution x4", "8x8 measurement in, 32x32 image out."
+                       + WITHOUT_PSLD + "a bicubic 4x upscale of the measurement (Upscale Image By).")
+    loader, operator, degrade = demo_measurement(wf, "super_resolution", 7)
+    demo_psld(wf, loader, operator, degrade)
+    upscaled = wf.add("ImageScaleBy", "Upscale Image By (bicubic x4)", 5, 0, image=(degrade, MEASUREMENT),
+                      upscale_method="bicubic", scale_by=4.0)
+    save_without_psld(wf, upscaled)
+    return wf
+
+
+def demo_gaussian_deblur() -> Workflow:
+    wf = demo_workflow("gaussian_deblur", "Gaussian deblur", "Removes a Gaussian blur (sigma 1 px, 9 px kernel, "
+                       "about as strong for a 32 px image as sigma 16 at 512)." + WITHOUT_PSLD + "img2img: VAE "
+                       "Encode of y, KSampler at denoise 0.5.")
+    loader, operator, degrade = demo_measurement(wf, "gaussian_deblur", 13)
+    demo_psld(wf, loader, operator, degrade)
+    demo_img2img_baseline(wf, loader, degrade)
+    return wf
+
+
+def demo_motion_deblur() -> Workflow:
+    wf = demo_workflow("motion_deblur", "motion deblur", "Removes a random camera-shake blur (9 px kernel drawn "
+                       "with the operator's seed)." + WITHOUT_PSLD + "img2img: VAE Encode of y, KSampler at "
+                       "denoise 0.5.")
+    loader, operator, degrade = demo_measurement(wf, "motion_deblur", 9)
+    demo_psld(wf, loader, operator, degrade)
+    demo_img2img_baseline(wf, loader, degrade)
+    return wf
+
+
+def demo_workflows() -> list[Workflow]:
+    return [demo_box_inpainting(), demo_random_inpainting(), demo_super_resolution(), demo_gaussian_deblur(),
+            demo_motion_deblur()]
+
+
 def workflows() -> list[Workflow]:
     return [box_inpainting(), mask_inpainting(), random_inpainting(), super_resolution(), gaussian_deblur(),
-            motion_deblur()]
+            motion_deblur(), *demo_workflows()]
+
+
+def api_path(name: str) -> Path:
+    """Where the API form of the example workflow `name` is kept."""
+    return (DEMO_API_DIR if name.startswith("PSLD_demo_") else API_DIR) / f"{name}.json"
 
 
 # -- browser: API form -> UI form -------------------------------------------------------------------------------
@@ -416,22 +565,28 @@ def start_server(state: Path):
     return server
 
 
-def write_thumbnails(client, object_info: dict) -> None:
+def selected(only: list[str] | None) -> list[Workflow]:
+    chosen = [wf for wf in workflows() if not only or any(wf.name.startswith(prefix) for prefix in only)]
+    if not chosen:
+        raise SystemExit(f"--only {only}: no workflow name starts with that")
+    return chosen
+
+
+def write_thumbnails(client, object_info: dict, only: list[str] | None = None) -> None:
     UI_DIR.mkdir(exist_ok=True)
-    for wf in workflows():
+    for wf in selected(only):
         thumbnail = make_thumbnail(client, wf, object_info)
         (UI_DIR / f"{wf.name}.jpg").write_bytes(thumbnail)
         print(f"{wf.name}.jpg: {len(thumbnail)} bytes")
 
 
-def write_workflows(page, object_info: dict) -> None:
+def write_workflows(page, object_info: dict, only: list[str] | None = None) -> None:
     import comfy_page
 
     UI_DIR.mkdir(exist_ok=True)
-    API_DIR.mkdir(parents=True, exist_ok=True)
-    for wf in workflows():
+    for wf in selected(only):
         api = wf.api()
-        note = wf.note + NOTE_TAIL.format(ckpt=CHECKPOINT)
+        note = wf.note + (NOTE_TAIL.format(ckpt=CHECKPOINT) if wf.tail is None else wf.tail)
         placed = page.evaluate(LOAD_AND_LAY_OUT, [api, wf.name, wf.layout, note])
         if placed["placed"] != placed["total"]:
             raise RuntimeError(f"{wf.name}: {placed}")
@@ -442,7 +597,8 @@ def write_workflows(page, object_info: dict) -> None:
         if problems:
             raise RuntimeError(f"{wf.name}: the frontend's API form differs:\n" + "\n".join(problems))
         (UI_DIR / f"{wf.name}.json").write_text(json.dumps(round_view(result["workflow"]), indent=1) + "\n")
-        (API_DIR / f"{wf.name}.json").write_text(json.dumps(result["api"], indent=1) + "\n")
+        wf.api_dir.mkdir(parents=True, exist_ok=True)
+        api_path(wf.name).write_text(json.dumps(result["api"], indent=1) + "\n")
         print(f"{wf.name}.json: {len(api)} nodes (UI and API form)")
 
 
@@ -456,7 +612,7 @@ def check(page) -> int:
         page.wait_for_timeout(1000)
         got = json.loads(page.evaluate(
             "async () => JSON.stringify((await window.comfyAPI.app.app.graphToPrompt()).output)"))
-        want = json.loads((API_DIR / path.name).read_text())
+        want = json.loads(api_path(path.stem).read_text())
         same = json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
         failures += not same
         print(f"{path.name}: {'same API form' if same else 'DIFFERENT API form'}")
@@ -471,6 +627,7 @@ def check(page) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare the committed UI and API files")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX", help="write only the workflows whose name starts so")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -483,14 +640,14 @@ def main() -> int:
             client = ComfyClient(server.url)
             if not args.check:  # before the browser: the client runs its own event loop
                 object_info = client.get_json("/object_info")
-                write_thumbnails(client, object_info)
+                write_thumbnails(client, object_info, args.only)
             with sync_playwright() as playwright:
                 browser = comfy_page.launch(playwright)
                 page, log = comfy_page.open_comfy(browser, server.url)
                 if args.check:
                     failures = check(page)
                 else:
-                    write_workflows(page, object_info)
+                    write_workflows(page, object_info, args.only)
                     failures = 0
                 errors = log.errors()
                 if errors or log.outside_requests:

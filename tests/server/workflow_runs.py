@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 API_DIR = REPO / "tests" / "server" / "workflows"
 UI_DIR = REPO / "example_workflows"
 NAMES = sorted(p.stem for p in API_DIR.glob("*.json"))
+DEMO_API_DIR = UI_DIR / "api"  # the demo-model workflows (run as they are; `make demo` reads them there too)
+DEMO_NAMES = sorted(p.stem for p in DEMO_API_DIR.glob("*.json"))
 
 SIZE = 96  # image side on CPU (12x12 latent); 64 would not fit the default half-side box with its 16 px margins
 STEPS = 8
@@ -146,7 +148,7 @@ def ensure_structured_checkpoint(tiny_models: dict) -> str:
 
 
 def load_api(name: str) -> dict:
-    return json.loads((API_DIR / f"{name}.json").read_text())
+    return json.loads(((DEMO_API_DIR if name in DEMO_NAMES else API_DIR) / f"{name}.json").read_text())
 
 
 def only(api: dict, class_types) -> str:
