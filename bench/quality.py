@@ -485,8 +485,12 @@ def parse_list(text: str, allowed, name: str) -> list:
     return chosen
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each option's default."""
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--comfy", default=str(REPO / ".comfyui" / "ComfyUI"), help="ComfyUI root of a built host")
     parser.add_argument("--data", help="folder with Fashion-MNIST's idx .gz files (default: "
                         + ", ".join(map(str, DATA_DIRS)) + ")")
