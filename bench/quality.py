@@ -89,7 +89,7 @@ LABELS = {"psld": "PSLD", "gml-dps": "GML-DPS", "ldps": "LDPS", "adjoint": "A^T 
 
 OMEGA_GRID = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 GAMMA_RATIOS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)  # PSLD stage 2: gamma = ratio x the best omega (0.1 = stage 1)
-TV_GRID = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+TV_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # down to 0.0005: at 0.005 TV-LS sat on the edge
 TV_DEFAULT = 0.02
 QUICK_DEFAULTS = dict(images=2, steps=3, batch=2, tune_images=2, tune_steps=2, sweep_steps="2,4", sweep_images=2,
                       tv_iterations=50)
@@ -250,6 +250,12 @@ def std(values) -> float:
         return 0.0
     m = mean(values)
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))  # sample standard deviation
+
+
+def paired_difference(a: list, b: list) -> tuple[float, float]:
+    """Mean of a_i - b_i over the same images and its standard error (sample std / sqrt(n))."""
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    return mean(differences), std(differences) / math.sqrt(len(differences))
 
 
 def summary(entry: dict) -> dict:
@@ -420,12 +426,40 @@ def params_text(params: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in params.items()) if params else "-"
 
 
+def command_lines(report: dict) -> list[str]:
+    """The command, or the commands of the parts that bench/quality_merge.py joined."""
+    if not report.get("parts"):
+        return [f"Command: `{report['command']}`"]
+    return ["Commands (one configuration run in parts, joined by bench/quality_merge.py):", "", "```",
+            *(part["command"] for part in report["parts"]), "```"]
+
+
+def paired_lines(results: dict) -> list[str]:
+    """PSLD's PSNR minus each other method's on the same images: mean ± standard error (the spread between images,
+    the ± of the main table, cancels in a paired difference)."""
+    rows = []
+    for task, methods in results.items():
+        if "psld" not in methods:
+            continue
+        psld = methods["psld"]["per_image"]["psnr"]
+        cells = []
+        for method, r in methods.items():
+            if method != "psld":
+                difference, error = paired_difference(psld, r["per_image"]["psnr"])
+                cells.append(f"{LABELS[method]} {difference:+.2f} ± {error:.2f}")
+        rows.append(f"| {task} | " + "; ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "## PSLD minus each method, paired over the same images (PSNR dB, mean ± standard error)", "",
+            "| task | PSLD - method |", "|---|---|", *rows]
+
+
 def markdown(report: dict) -> str:
     m, c, p = report["machine"], report["config"], report["prior"]
     lines = [
         "# PSLD on the demo prior: restoration quality",
         "",
-        f"Command: `{report['command']}`",
+        *command_lines(report),
         "",
         f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), device {m['device']}"
         + (f" ({m['gpu']})" if m["gpu"] else "") + f"; torch {m['torch']}, ComfyUI {m['comfyui']}, "
@@ -451,6 +485,7 @@ def markdown(report: dict) -> str:
                          f"{r['psnr_std']:.2f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | "
                          f"{r['residual_mean']:.4f} | {r['seconds_per_image']:.3f} |")
     lines += ["", "Operators: " + "; ".join(f"{t}: {d}" for t, d in report["operators"].items()) + "."]
+    lines += paired_lines(report["results"])
     if report["tuning"]:
         lines += ["", "## Tuning (mean PSNR on the tuning images)", "",
                   "| task | method | grid | winner | scores (params: PSNR) |", "|---|---|---|---|---|"]
