@@ -20,7 +20,7 @@ CORE_EVENTS = {"status", "execution_start", "execution_cached", "executing", "ex
 
 
 class PromptRejected(RuntimeError):
-    """POST /prompt answered with an error (validation failed): .status and .body hold the answer."""
+    """POST /prompt refused the prompt or some of its outputs (validation failed): .status and .body hold the answer."""
 
     def __init__(self, status: int, body):
         self.status, self.body = status, body
@@ -97,7 +97,7 @@ class ComfyClient:
             async with session.ws_connect(ws_url, max_msg_size=0) as ws:
                 async with session.post(self.url + "/prompt", json={"prompt": prompt, "client_id": client_id}) as answer:
                     body = await answer.json(content_type=None)
-                    if answer.status != 200:
+                    if answer.status != 200 or body.get("node_errors"):  # 200 + node_errors: outputs were dropped
                         raise PromptRejected(answer.status, body)
                 prompt_id = body["prompt_id"]
                 loop = asyncio.get_running_loop()
