@@ -38,7 +38,7 @@ PROJECTIONS = ("paper", "exact")
 # The image goes through a VAE: SD's has an 8x smaller latent, the demo prior's (PSLD_DemoModelLoader) a 4x smaller
 # one on 32 x 32 images. Multiples of 8 suit both; the sampler checks the size against the VAE's own ratio.
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 32, 4096, 8
-BOX_MARGIN = 16  # reference: random boxes keep 16 px from the border
+BOX_MARGIN = 16  # reference: random boxes keep 16 px from the border (less on images too small for it: box_margin)
 MASK_THRESHOLD = 0.5  # a ComfyUI mask value >= 0.5 marks a hole pixel
 
 
@@ -209,6 +209,15 @@ def build_operator(task: str, *, width: int, height: int, seed: int = 0, project
     return OperatorSpec(task=task, operator=operator, height=height, width=width)
 
 
+def box_margin(free: int) -> int:
+    """Margin of a random box, given the free pixels (image side minus box side, the smaller over both axes).
+
+    The reference's 16 px where the image leaves room for it on both sides; else a quarter of the free pixels, so
+    that small images (the demo prior's 32 px) still get a random box. Boxes that fit with 16 px keep their draw.
+    """
+    return BOX_MARGIN if free > 2 * BOX_MARGIN else max(free // 4, 0)
+
+
 def _box(node_id: str, height: int, width: int, box_size: int, placement: str, seed: int) -> torch.Tensor:
     """Box-inpainting mask (1 = observed); box_size 0 = half of each side (the reference's 256 px at 512)."""
     if placement not in BOX_PLACEMENTS:
@@ -218,12 +227,14 @@ def _box(node_id: str, height: int, width: int, box_size: int, placement: str, s
         raise PSLDInputError(node_id, "box_size", f"box_size={box_size} is not allowed.",
                              "use a positive size in pixels, or 0 for half of the image side.")
     centred = placement == "centred"
-    limit = min(height, width) - (0 if centred else 2 * BOX_MARGIN + 1)
     box_h, box_w = (height // 2, width // 2) if box_size == 0 else (box_size, box_size)
-    if max(box_h - height, box_w - width) > limit - min(height, width):
-        room = "fit in the image" if centred else f"leave a {BOX_MARGIN} px margin on each side for random placement"
+    free = min(height - box_h, width - box_w)
+    if free < (0 if centred else 1):
+        room = "fit in the image" if centred else "leave at least 1 px free for random placement"
+        limit = min(height, width) - (0 if centred else 1)
         raise PSLDInputError(node_id, "box_size", f"a {box_w}x{box_h} box is too large for a {width}x{height} "
                              f"image (the box must {room}).",
                              f"use a box_size of at most {limit}" + ("" if centred else ", or centred placement")
                              + ".")
-    return box_mask(height, width, box_size=box_size or None, centred=centred, margin=BOX_MARGIN, generator=seed)
+    margin = 0 if centred else box_margin(free)
+    return box_mask(height, width, box_size=box_size or None, centred=centred, margin=margin, generator=seed)

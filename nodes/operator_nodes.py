@@ -61,8 +61,8 @@ class PSLDLinearOperator(io.ComfyNode):
                              tooltip="box_inpaint: side of the missing square in pixels; 0 = half of each image "
                                      "side (reference: 256 at 512)."),
                 io.Combo.Input("box_placement", options=list(BOX_PLACEMENTS), default="random",
-                               tooltip="box_inpaint: random position 16 px from the border (reference code) or "
-                                       "centred (paper text)."),
+                               tooltip="box_inpaint: random position 16 px from the border (reference code; less "
+                                       "on small images) or centred (paper text)."),
                 io.Float.Input("drop_fraction", default=0.0, min=0.0, max=0.99, step=0.01,
                                tooltip="random_inpaint: fraction of pixels removed; 0 = drawn from U(0.3, 0.7) "
                                        "with the seed (reference code)."),

@@ -148,6 +148,30 @@ def test_box_inpaint_default_box_is_half_of_each_side_inside_the_margin(L):
     assert torch.equal(preview[0, :, :, 0], 1.0 - observed)  # preview: white = hole
 
 
+def box_of(observed):
+    missing = (observed == 0).nonzero()
+    (top, left), (bottom, right) = missing.min(0).values.tolist(), missing.max(0).values.tolist()
+    return top, left, bottom, right
+
+
+def test_random_box_on_a_small_image_keeps_a_smaller_margin(L):
+    """At 32 px (the demo prior) the half-side box leaves 16 free pixels: no room for 16 px margins, so the margin is
+    a quarter of them (4 px) and the box still moves with the seed."""
+    corners = set()
+    for seed in range(12):
+        spec, _ = make_operator(L, "box_inpaint", width=32, height=32, seed=seed)
+        top, left, bottom, right = box_of(spec.operator.mask[0, 0])
+        assert (bottom - top + 1, right - left + 1) == (16, 16)
+        assert top >= 4 and left >= 4 and bottom < 32 - 4 and right < 32 - 4
+        corners.add((top, left))
+    assert len(corners) > 3
+
+
+def test_box_margin_is_the_reference_one_wherever_it_fits(pack):
+    box_margin = pack("nodes.operator_factory").box_margin
+    assert [box_margin(free) for free in (2000, 33, 32, 16, 3, 1, 0)] == [16, 16, 8, 4, 0, 0, 0]
+
+
 def test_box_inpaint_size_and_centred_placement(L):
     spec, _ = make_operator(L, "box_inpaint", box_size=20, box_placement="centred")
     observed = spec.operator.mask[0, 0]
