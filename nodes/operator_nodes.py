@@ -25,6 +25,10 @@ from .tensors import image_to_nchw, nchw_to_image
 
 CATEGORY = "image/restoration/PSLD"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+# The frontend gives every INT widget named "seed" a "control after generate" widget, randomize by default: that would
+# redraw the box, mask or kernel and the measurement noise after every run. These seeds define the problem, so they
+# start fixed (ComfyUI 0.30's frontend honours the string; 0.3.75's always starts at randomize).
+KEEP_SEED = "fixed"
 LinearOperatorSocket = io.Custom("PSLD_LINEAR_OPERATOR")
 
 OPERATOR_TOOLTIP = ("The linear operator A (which pixels are seen, how the image is blurred or downscaled), with the "
@@ -50,7 +54,7 @@ class PSLDLinearOperator(io.ComfyNode):
                              tooltip="Width of the image the operator acts on, a multiple of 8 (SD 1.5: 512)."),
                 io.Int.Input("height", default=512, min=SIZE_MIN, max=SIZE_MAX, step=SIZE_MULTIPLE,
                              tooltip="Height of the image the operator acts on, a multiple of 8 (SD 1.5: 512)."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX,
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=KEEP_SEED,
                              tooltip="Draws the random box position, the random-inpainting pixels and the motion "
                                      "kernel. Same seed, same operator."),
                 io.Combo.Input("projection", options=list(PROJECTIONS), default="paper",
@@ -133,7 +137,7 @@ class PSLDDegrade(io.ComfyNode):
                 io.Float.Input("sigma_y", default=0.05, min=0.0, max=1.0, step=0.005,
                                tooltip="Measurement noise standard deviation in [-1, 1] image units, i.e. half "
                                        "of it in 0..1 units (reference: 0.05). 0 = noiseless."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX,
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=KEEP_SEED,
                              tooltip="Seed of the measurement noise; batch item i always gets the same noise "
                                      "for a given seed, whatever the batch size."),
             ],

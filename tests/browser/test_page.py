@@ -168,6 +168,23 @@ def test_operator_preview_follows_the_widgets(open_page, artifacts, rendering):
     assert not log.outside_requests, log.outside_requests
 
 
+def test_problem_seeds_start_fixed_and_the_sampler_seed_randomizes(open_page):
+    """The frontend adds "control after generate" to every widget named seed. The operator's and Degrade's seeds
+    define the problem (box, kernel, noise), so ComfyUI 0.30's frontend starts them at fixed; the sampler's noise seed
+    randomizes as KSampler's does. 0.3.75's frontend starts every seed at randomize, whatever the node declares."""
+    from helpers.hosts import selected_host
+
+    page, log = open_page()
+    ids = {node_type: add_node(page, node_type, (60 + 420 * k, 60))
+           for k, node_type in enumerate(("PSLD_LinearOperator", "PSLD_Degrade", "PSLD_Sampler"))}
+    controls = {node_type: page.evaluate("""(id) => {
+      const seed = window.__psldNode(id).widgets.find((w) => w.name === "seed");
+      return seed.linkedWidgets?.[0]?.value ?? null; }""", node_id) for node_type, node_id in ids.items()}
+    problem = "fixed" if selected_host() == "current" else "randomize"
+    assert controls == {"PSLD_LinearOperator": problem, "PSLD_Degrade": problem, "PSLD_Sampler": "randomize"}
+    assert not log.errors(), "\n".join(log.errors())
+
+
 def choose_task(page, node_id: str, task: str, *, vue: bool) -> None:
     """Pick `task` in the node's task combo with the mouse, as a user does."""
     if vue:

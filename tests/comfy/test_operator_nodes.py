@@ -95,6 +95,9 @@ def test_linear_operator_declares_its_sockets(L, D):
     assert L.INPUT_TYPES()["optional"]["mask"][0] == "MASK"
     assert L.INPUT_TYPES()["required"]["task"][1]["options"] == list(TASKS)
     assert D.INPUT_TYPES()["required"]["operator"][0] == "PSLD_LINEAR_OPERATOR"
+    # the seeds that define the problem start fixed (the frontend would randomize a "seed" widget after every run)
+    for node in (L, D):
+        assert node.INPUT_TYPES()["required"]["seed"][1]["control_after_generate"] == "fixed"
     assert [o.get_io_type() for o in D.GET_SCHEMA().outputs] == ["IMAGE", "IMAGE"]
 
 
