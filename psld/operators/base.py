@@ -149,12 +149,12 @@ class OperatorBase:
         return self._measurement_shape(shape)
 
     def describe(self, image_shape=None) -> str:
-        """Short human text, e.g. 'SR x4 (bicubic), 512x512 -> 128x128'."""
+        """Short human text, e.g. 'SR x4 (bicubic), 512x512 -> 128x128'; sizes are width x height, as in ComfyUI."""
         text = self._describe()
         if image_shape is not None:
             shape = tuple(image_shape)
             out = self.measurement_shape(shape)
-            text += f", {shape[-2]}x{shape[-1]} -> {out[-2]}x{out[-1]}"
+            text += f", {shape[-1]}x{shape[-2]} -> {out[-1]}x{out[-2]}"
         return text + (" [exact projection]" if self.projection == "exact" else "")
 
     # ---- helpers for subclasses

@@ -274,6 +274,7 @@ def test_sr_measurement_shape_and_description():
     op = SuperResolution(scale=4)
     assert op.measurement_shape((1, 3, 512, 512)) == (1, 3, 128, 128)
     assert op.describe((1, 3, 512, 512)) == "SR x4 (bicubic), 512x512 -> 128x128"
+    assert op.describe((1, 3, 256, 512)) == "SR x4 (bicubic), 512x256 -> 128x64"  # width x height, as in ComfyUI
     assert op.with_projection("exact").describe().startswith("SR x4 (bicubic)")
 
 

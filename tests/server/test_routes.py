@@ -74,7 +74,7 @@ def test_box_mask_is_drawn_where_the_node_puts_it(comfy_url):
     grey = png_pixels(body)[..., 0]
     assert grey.shape == (64, 128)
     assert (grey[16:48, 48:80] == 255).all() and grey.sum() == 255 * 32 * 32
-    assert "Inpainting" in headers["X-PSLD-Description"]
+    assert "Inpainting" in headers["X-PSLD-Description"] and "128x64 -> 128x64" in headers["X-PSLD-Description"]
 
 
 def test_every_widget_of_the_node_is_accepted(comfy_url):
