@@ -127,10 +127,13 @@ def observed_mask_from_comfy(mask: torch.Tensor, height: int, width: int, *, nod
                              "node).")
     mask_h, mask_w = mask.shape[-2:]
     if (mask_h, mask_w) != (height, width):
-        extra = (" LoadImage gives an empty 64x64 mask when the image has no alpha channel; paint the hole in the "
-                 "mask editor." if (mask_h, mask_w) == (64, 64) else "")
+        if (mask_h, mask_w) == (64, 64) and not bool(mask.any()):  # LoadImage's placeholder for an image without alpha
+            raise PSLDInputError(node_id, input_name, f"the mask is an empty 64x64 mask, which LoadImage gives when "
+                                 f"the image has no alpha channel; the operator acts on {width}x{height}.",
+                                 "paint the hole in the mask editor (right-click the LoadImage node, Open in "
+                                 "MaskEditor), or load a PNG whose transparent pixels mark the hole.")
         raise PSLDInputError(node_id, input_name, f"the mask is {mask_w}x{mask_h} (width x height) but the "
-                             f"operator acts on {width}x{height}.{extra}",
+                             f"operator acts on {width}x{height}.",
                              f"set width={mask_w} and height={mask_h} on this node, or resize the mask to "
                              f"{width}x{height}.")
     if not bool(torch.isfinite(mask).all()):
