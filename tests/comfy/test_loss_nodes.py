@@ -1,38 +1,25 @@
 """PSLD_GluingLoss on the real ComfyUI host (pack loaded by ComfyUI's loader), run under torch.inference_mode()."""
 import dataclasses
-import importlib
 
 import pytest
 import torch
 
+from conftest import LOSS_DEFAULTS
+
 H, W = 64, 96
-LOSS_DEFAULTS = dict(omega=1.0, gamma=0.1, variant="PSLD", norm="norm", projection="operator", fresh_noise=0.0,
-                     detach_gluing_target=False)
 OPERATOR_DEFAULTS = dict(width=W, height=H, seed=0, projection="paper", box_size=0, box_placement="centred",
                          drop_fraction=0.0, sr_scale="4", sr_mode="bicubic", kernel_size=0, blur_sigma=3.0,
                          motion_intensity=0.5)
 
 
 @pytest.fixture(scope="module")
-def nodes_module(comfy):
-    import nodes  # ComfyUI's node registry, filled by the `comfy` fixture
-    return nodes
+def G(node_classes):
+    return node_classes["PSLD_GluingLoss"]
 
 
 @pytest.fixture(scope="module")
-def G(nodes_module):
-    return nodes_module.NODE_CLASS_MAPPINGS["PSLD_GluingLoss"]
-
-
-@pytest.fixture(scope="module")
-def L(nodes_module):
-    return nodes_module.NODE_CLASS_MAPPINGS["PSLD_LinearOperator"]
-
-
-@pytest.fixture(scope="module")
-def pack(G):
-    root = G.__module__.rsplit(".nodes.", 1)[0]
-    return lambda name: importlib.import_module(f"{root}.{name}")
+def L(node_classes):
+    return node_classes["PSLD_LinearOperator"]
 
 
 def make_loss(G, **settings):
@@ -45,12 +32,12 @@ def make_operator(L, task, **settings):
         return L.execute(task=task, mask=None, **{**OPERATOR_DEFAULTS, **settings}).result[0]
 
 
-def test_schema_has_id_category_description_and_tooltips(nodes_module, G):
+def test_schema_has_id_category_description_and_tooltips(comfy, G):
     schema = G.GET_SCHEMA()
     assert schema.node_id == "PSLD_GluingLoss"
     assert schema.category == "image/restoration/PSLD"
     assert schema.description
-    assert nodes_module.NODE_DISPLAY_NAME_MAPPINGS["PSLD_GluingLoss"] == "PSLD Gluing Loss"
+    assert comfy.NODE_DISPLAY_NAME_MAPPINGS["PSLD_GluingLoss"] == "PSLD Gluing Loss"
     info = G.INPUT_TYPES()
     inputs = {**info["required"], **info.get("optional", {})}
     assert set(inputs) == set(LOSS_DEFAULTS)
@@ -62,10 +49,10 @@ def test_schema_has_id_category_description_and_tooltips(nodes_module, G):
     assert info["required"]["variant"][1]["options"] == ["PSLD", "GML-DPS", "LDPS"]
 
 
-def test_defaults_are_the_reference_weights_with_plain_norms(G, pack):
+def test_defaults_are_the_reference_weights_with_plain_norms(G, pack_module):
     settings = make_loss(G)
-    assert isinstance(settings, pack("nodes.loss_settings").LossSettings)
-    assert settings.loss == pack("psld.losses").PSLDLoss(omega=1.0, gamma=0.1, variant="PSLD", squared=False)
+    assert isinstance(settings, pack_module("nodes.loss_settings").LossSettings)
+    assert settings.loss == pack_module("psld.losses").PSLDLoss(omega=1.0, gamma=0.1, variant="PSLD", squared=False)
     assert settings.projection is None
 
 
@@ -84,8 +71,8 @@ def test_inputs_map_onto_the_psld_loss(G, variant):
         loss.omega = 2.0
 
 
-def test_projection_override_changes_the_gluing_image_not_the_operator(G, L, pack):
-    resolve = pack("nodes.loss_settings").resolve_loss
+def test_projection_override_changes_the_gluing_image_not_the_operator(G, L, pack_module):
+    resolve = pack_module("nodes.loss_settings").resolve_loss
     spec = make_operator(L, "super_resolution")
     x = torch.rand(1, 3, H, W) * 2 - 1
     y = torch.rand(1, 3, H // 4, W // 4) * 2 - 1
@@ -101,18 +88,18 @@ def test_projection_override_changes_the_gluing_image_not_the_operator(G, L, pac
     assert same_spec is spec
 
 
-def test_without_a_loss_the_sampler_gets_the_reference_weights_of_the_task(L, pack):
-    resolve = pack("nodes.loss_settings").resolve_loss
+def test_without_a_loss_the_sampler_gets_the_reference_weights_of_the_task(L, pack_module):
+    resolve = pack_module("nodes.loss_settings").resolve_loss
     loss, spec = resolve(None, make_operator(L, "box_inpaint"))
     assert (loss.omega, loss.gamma) == (0.1, 0.01)  # reference run script for box inpainting
     loss, _ = resolve(None, make_operator(L, "super_resolution"))
     assert (loss.omega, loss.gamma) == (1.0, 0.1)
 
 
-def test_loss_and_operator_work_together_in_the_psld_objective(G, L, pack):
+def test_loss_and_operator_work_together_in_the_psld_objective(G, L, pack_module):
     """The payloads as the sampler uses them: the objective is finite and LDPS skips the encoder."""
-    objective = pack("psld.losses").psld_objective
-    resolve = pack("nodes.loss_settings").resolve_loss
+    objective = pack_module("psld.losses").psld_objective
+    resolve = pack_module("nodes.loss_settings").resolve_loss
     spec = make_operator(L, "random_inpaint")
     x = torch.rand(2, 3, H, W) * 2 - 1
     y = spec.operator.forward(x)
@@ -139,8 +126,8 @@ def test_loss_and_operator_work_together_in_the_psld_objective(G, L, pack):
     (dict(norm="l1"), "norm"),
     (dict(projection="pinv"), "projection"),
 ])
-def test_bad_inputs_raise_input_errors(G, pack, settings, input_name):
-    error_type = pack("nodes.errors").PSLDInputError
+def test_bad_inputs_raise_input_errors(G, pack_module, settings, input_name):
+    error_type = pack_module("nodes.errors").PSLDInputError
     with pytest.raises(error_type) as caught:
         make_loss(G, **settings)
     message = str(caught.value)

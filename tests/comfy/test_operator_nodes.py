@@ -1,7 +1,6 @@
 """PSLD_LinearOperator and PSLD_Degrade, run in-process on the real ComfyUI host, as ComfyUI runs nodes
 (under torch.inference_mode()), with the pack loaded by ComfyUI's own custom-node loader."""
 import dataclasses
-import importlib
 
 import numpy as np
 import pytest
@@ -17,31 +16,18 @@ DEFAULTS = dict(width=W, height=H, seed=0, projection="paper", box_size=0, box_p
 
 
 @pytest.fixture(scope="module")
-def nodes_module(comfy):
-    import nodes  # ComfyUI's node registry, filled by the `comfy` fixture (our pack loaded by ComfyUI's loader)
-    return nodes
+def L(node_classes):
+    return node_classes["PSLD_LinearOperator"]
 
 
 @pytest.fixture(scope="module")
-def L(nodes_module):
-    return nodes_module.NODE_CLASS_MAPPINGS["PSLD_LinearOperator"]
+def D(node_classes):
+    return node_classes["PSLD_Degrade"]
 
 
 @pytest.fixture(scope="module")
-def D(nodes_module):
-    return nodes_module.NODE_CLASS_MAPPINGS["PSLD_Degrade"]
-
-
-@pytest.fixture(scope="module")
-def pack(L):
-    """Import a module of the pack as ComfyUI loaded it (same module objects as the registered nodes)."""
-    root = L.__module__.rsplit(".nodes.", 1)[0]
-    return lambda name: importlib.import_module(f"{root}.{name}")
-
-
-@pytest.fixture(scope="module")
-def error_type(pack):
-    return pack("nodes.errors").PSLDInputError
+def error_type(input_error):
+    return input_error
 
 
 def make_operator(L, task="box_inpaint", mask=None, **settings):
@@ -73,13 +59,13 @@ def hole(h0, h1, w0, w1):
 # ------------------------------------------------------------------ schema and registration
 
 @pytest.mark.parametrize("node_id", ["PSLD_LinearOperator", "PSLD_Degrade"])
-def test_schema_has_ids_category_description_and_tooltips(nodes_module, node_id):
-    cls = nodes_module.NODE_CLASS_MAPPINGS[node_id]
+def test_schema_has_ids_category_description_and_tooltips(comfy, node_id):
+    cls = comfy.NODE_CLASS_MAPPINGS[node_id]
     schema = cls.GET_SCHEMA()
     assert schema.node_id == node_id
     assert schema.category == "image/restoration/PSLD"
     assert schema.description
-    assert nodes_module.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("PSLD ")
+    assert comfy.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("PSLD ")
     info = cls.INPUT_TYPES()
     inputs = {**info["required"], **info.get("optional", {})}
     assert inputs, "no inputs"
@@ -170,8 +156,8 @@ def test_random_box_on_a_small_image_keeps_a_smaller_margin(L):
     assert len(corners) > 3
 
 
-def test_box_margin_is_the_reference_one_wherever_it_fits(pack):
-    box_margin = pack("nodes.operator_factory").box_margin
+def test_box_margin_is_the_reference_one_wherever_it_fits(pack_module):
+    box_margin = pack_module("nodes.operator_factory").box_margin
     assert [box_margin(free) for free in (2000, 33, 32, 16, 3, 1, 0)] == [16, 16, 8, 4, 0, 0, 0]
 
 
@@ -200,13 +186,13 @@ def test_seed_fixes_the_operator(L):
 
 
 @pytest.mark.parametrize("scale", ["2", "4", "8"])
-def test_super_resolution_measurement_is_the_small_image(L, D, pack, scale):
+def test_super_resolution_measurement_is_the_small_image(L, D, pack_module, scale):
     s = int(scale)
     spec, _ = make_operator(L, "super_resolution", sr_scale=scale)
     assert spec.measurement_shape(2) == (2, 3, H // s, W // s)
     y, preview = degrade(D, photo(), spec, sigma_y=0.0)
     assert y.shape == (2, H // s, W // s, 3) and preview.shape == (2, H, W, 3)
-    y_nchw = pack("nodes.measurement").measurement_from_image(y, spec, node_id="test")
+    y_nchw = pack_module("nodes.measurement").measurement_from_image(y, spec, node_id="test")
     assert y_nchw.shape == (2, 3, H // s, W // s)
 
 
@@ -220,8 +206,8 @@ def test_area_super_resolution_degrade_is_the_block_average(L, D):
     torch.testing.assert_close(preview, expected.repeat_interleave(4, 1).repeat_interleave(4, 2), atol=1e-5, rtol=0)
 
 
-def test_blur_kernel_size_follows_the_reference_or_the_input(L, pack):
-    factory = pack("nodes.operator_factory")
+def test_blur_kernel_size_follows_the_reference_or_the_input(L, pack_module):
+    factory = pack_module("nodes.operator_factory")
     assert factory.reference_kernel_size(256, 256) == 61 and factory.reference_kernel_size(512, 512) == 121
     assert factory.reference_kernel_size(512, 768) == 121  # the shorter side decides
     for task in ("gaussian_deblur", "motion_deblur"):
@@ -243,13 +229,13 @@ def test_gaussian_blur_preserves_constants_and_smooths(L, D):
     assert float(y.std()) < 0.5 * float(noisy.std())
 
 
-def test_colorize_measurement_is_grey_and_round_trips(L, D, pack):
+def test_colorize_measurement_is_grey_and_round_trips(L, D, pack_module):
     spec, _ = make_operator(L, "colorize")
     image = photo()
     y, _ = degrade(D, image, spec, sigma_y=0.0)
     grey = image.mean(dim=-1, keepdim=True)
     torch.testing.assert_close(y, grey.expand(-1, -1, -1, 3), atol=1e-5, rtol=0)
-    from_image = pack("nodes.measurement").measurement_from_image
+    from_image = pack_module("nodes.measurement").measurement_from_image
     y_nchw = from_image(y, spec, node_id="test")
     assert y_nchw.shape == (2, 1, H, W)
     torch.testing.assert_close(y_nchw, grey.movedim(-1, 1) * 2 - 1, atol=1e-5, rtol=0)
@@ -266,7 +252,7 @@ def test_denoise_without_noise_returns_the_image(L, D):
 
 # ------------------------------------------------------------------ masks from ComfyUI
 
-def test_loadimage_alpha_mask_becomes_the_observed_mask(nodes_module, L, D, tmp_path):
+def test_loadimage_alpha_mask_becomes_the_observed_mask(comfy, L, D, tmp_path):
     """A PNG whose alpha is 0 in a box: LoadImage's mask (1 - alpha) is 1 there, so those pixels are the hole."""
     import folder_paths
     from PIL import Image
@@ -278,7 +264,7 @@ def test_loadimage_alpha_mask_becomes_the_observed_mask(nodes_module, L, D, tmp_
     previous = folder_paths.get_input_directory()
     folder_paths.set_input_directory(str(tmp_path))
     try:
-        loader = nodes_module.NODE_CLASS_MAPPINGS["LoadImage"]
+        loader = comfy.NODE_CLASS_MAPPINGS["LoadImage"]
         with torch.inference_mode():
             image, mask = loader().load_image(image="holed.png")
     finally:
@@ -334,13 +320,13 @@ def test_degrade_noise_is_seeded_per_item(L, D):
     assert not torch.allclose(noise[0], noise[1])  # items get different noise
 
 
-def test_degrade_measurement_round_trips_into_the_sampler_format(L, D, pack):
+def test_degrade_measurement_round_trips_into_the_sampler_format(L, D, pack_module):
     spec, _ = make_operator(L, "random_inpaint")
     image = photo()
     y, _ = degrade(D, image, spec, sigma_y=0.05, seed=2)
     with torch.inference_mode():
         clean = spec.operator.forward(as_nchw(image))
-        y_nchw = pack("nodes.measurement").measurement_from_image(y, spec, node_id="PSLD_Sampler")
+        y_nchw = pack_module("nodes.measurement").measurement_from_image(y, spec, node_id="PSLD_Sampler")
     torch.testing.assert_close(y_nchw, y.movedim(-1, 1) * 2 - 1)
     hole_values = y_nchw[:, :, spec.operator.mask[0, 0] == 0]
     assert float(hole_values.abs().max()) > 0.1  # reference: noise is added after masking, also in the hole
@@ -453,10 +439,10 @@ def test_wrong_image_size_error_says_how_to_fix_it(L, D, error_type):
     assert f"resize the image to {W}x{H}" in message and "width=640" in message and "height=480" in message
 
 
-def test_measurement_of_the_wrong_size_is_refused_with_the_right_size(L, pack, error_type):
+def test_measurement_of_the_wrong_size_is_refused_with_the_right_size(L, pack_module, error_type):
     spec, _ = make_operator(L, "super_resolution", sr_scale="4")
     with pytest.raises(error_type) as caught:
-        pack("nodes.measurement").measurement_from_image(torch.rand(1, H, W, 3), spec, node_id="PSLD_Sampler",
+        pack_module("nodes.measurement").measurement_from_image(torch.rand(1, H, W, 3), spec, node_id="PSLD_Sampler",
                                                          input_name="y")
     message = str(caught.value)
     assert message.startswith("PSLD_Sampler: input 'y'")
