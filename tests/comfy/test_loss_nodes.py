@@ -4,12 +4,11 @@ import dataclasses
 import pytest
 import torch
 
+import conftest
 from conftest import LOSS_DEFAULTS
 
 H, W = 64, 96
-OPERATOR_DEFAULTS = dict(width=W, height=H, seed=0, projection="paper", box_size=0, box_placement="centred",
-                         drop_fraction=0.0, sr_scale="4", sr_mode="bicubic", kernel_size=0, blur_sigma=3.0,
-                         motion_intensity=0.5)
+OPERATOR_DEFAULTS = {**conftest.OPERATOR_DEFAULTS, "width": W, "height": H}
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import OPERATOR_DEFAULTS
+
 H, W = 96, 128  # small, not square, multiples of 8
 TASKS = ("box_inpaint", "random_inpaint", "mask_inpaint", "super_resolution", "gaussian_deblur", "motion_deblur",
          "colorize", "denoise")
-DEFAULTS = dict(width=W, height=H, seed=0, projection="paper", box_size=0, box_placement="random",
-                drop_fraction=0.0, sr_scale="4", sr_mode="bicubic", kernel_size=0, blur_sigma=3.0,
-                motion_intensity=0.5)
+DEFAULTS = {**OPERATOR_DEFAULTS, "width": W, "height": H, "box_placement": "random"}  # the node's own placement
 
 
 @pytest.fixture(scope="module")
