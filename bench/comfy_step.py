@@ -80,17 +80,10 @@ def pack(nodes, name: str):
 # ------------------------------------------------------------------------------------------------ models
 
 def seeded_init_(module, seed: int):
-    """Deterministic random parameters (variance 1/fan_in); norms 1, biases 0."""
-    import torch
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if param.ndim <= 1:
-                param.fill_(0.0 if name.endswith("bias") else 1.0)
-            else:
-                bound = math.sqrt(3.0 / param[0].numel())
-                param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
-    return module
+    """tools/make_tiny_models.py's deterministic initialisation (imported here, after the boot: it imports torch)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from make_tiny_models import seeded_init_ as initialise
+    return initialise(module, seed)
 
 
 def sd15_checkpoint(comfy_root: Path, seed: int = 0) -> Path:

@@ -8,30 +8,22 @@ size with seeded random weights, inside torch.inference_mode() as ComfyUI's load
 The VAE is the tiny checkpoint's TAESD (4 latent channels, as for all three SD families).
 """
 import dataclasses
-import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import SIZE, probe_in_sampler, run_node
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from make_tiny_models import seeded_init_  # noqa: E402  (the tiny checkpoints' deterministic initialisation)
+
 CONTEXT = 64  # text embedding width of the tiny models (any width works: the conds below match it)
 UNET = dict(use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False, in_channels=4,
             out_channels=4, model_channels=32, num_res_blocks=[1, 1], transformer_depth=[0, 1], channel_mult=[1, 2],
             transformer_depth_middle=1, use_linear_in_transformer=True, context_dim=CONTEXT, num_heads=-1,
             num_head_channels=16, transformer_depth_output=[0, 0, 1, 1])
-
-
-def seeded_init_(module, seed=0):
-    """ComfyUI's ops leave parameters uninitialised: fill them (variance 1/fan_in keeps activations of order 1)."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in module.named_parameters():
-        if param.ndim <= 1:
-            param.fill_(0.0 if name.endswith("bias") else 1.0)
-        else:
-            bound = math.sqrt(3.0 / param[0].numel())
-            param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
-    return module
 
 
 def patcher_for(model):
