@@ -21,15 +21,7 @@ from psld.linear_model import LinearLatentModel, MatrixOperator, as_vector, rela
 from psld.losses import PSLDLoss
 from psld.sampling import sample_psld
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors here are small: with several intra-op threads a busy machine spends its time synchronising them
-    (the underdetermined test takes 0.9 s on one thread and 19 s on two while other jobs run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/psld/conftest.py
 
 
 def identifiable_problem(seed=0, n=64, k=8, m=32, batch=16, sigma_y=0.0):

@@ -11,17 +11,9 @@ from psld.losses import PSLDLoss
 from psld.operators import Inpainting
 from psld.sampling import PSLDDivergenceError, sample_psld
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/psld/conftest.py
+
 LATENT_C, IMAGE_C, SIZE = 2, 3, 8  # latent [B, 2, 4, 4] -> image [B, 3, 8, 8]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors here are small: with several intra-op threads a busy machine spends its time synchronising them
-    (the underdetermined test takes 0.9 s on one thread and 19 s on two while other jobs run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyEps(nn.Module):
