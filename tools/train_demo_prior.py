@@ -207,6 +207,24 @@ def log(work: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+class StepBudget:
+    """--fit bookkeeping of one stage: times the steps after FIT_WARMUP, and FIT_AFTER steps later lowers the stage's
+    total (kept in `extra`, so a resumed run keeps it) so that the stage ends by the deadline."""
+
+    def __init__(self, args, stage: str, step: int, extra: dict, deadline: float):
+        self.args, self.stage, self.extra, self.deadline = args, stage, extra, deadline
+        self.first_timed, self.timer = step + FIT_WARMUP, time.time()
+
+    def total(self, step: int, total: int) -> int:
+        """The stage's total steps as of this step."""
+        if step == self.first_timed + FIT_AFTER and self.args.fit:
+            total = self.extra["total"] = fitted_total(step, total, self.timer, self.first_timed, self.deadline)
+            log(self.args.work, {"stage": self.stage, "fitted_total": total})
+        if step == self.first_timed:
+            self.timer = time.time()
+        return total
+
+
 def fitted_total(step: int, total: int, started: float, first_step: int, budget_end: float) -> int:
     """--fit: after a few timed steps, lower the stage's total so that it (and its lr schedule) ends by budget_end."""
     per_step = (time.time() - started) / max(1, step - first_step)
@@ -241,18 +259,14 @@ def train_vae(args, data, device, deadline) -> bool:
     optimizer = torch.optim.Adam(vae.parameters(), lr=args.vae_lr)
     path = args.work / "vae.safetensors"
     step, extra = load_state(path, {"vae": vae}, optimizer) if path.exists() else (0, {})
-    first_timed, timer = step + FIT_WARMUP, time.time()
+    budget = StepBudget(args, "vae", step, extra, deadline)
     generator = torch.Generator(device="cpu").manual_seed(args.seed + step)
     torch.manual_seed(args.seed + step)
     total = extra.get("total", args.vae_steps)
     extra.setdefault("batch", args.batch)
     vae.train()
     while step < total and time.time() < deadline:
-        if step == first_timed + FIT_AFTER and args.fit:
-            total = extra["total"] = fitted_total(step, total, timer, first_timed, deadline)
-            log(args.work, {"stage": "vae", "fitted_total": total})
-        if step == first_timed:
-            timer = time.time()
+        total = budget.total(step, total)
         index = torch.randint(0, len(train), (args.batch,), generator=generator)
         x = to_model_range(train[index].to(device))
         if step % 2:
@@ -265,7 +279,7 @@ def train_vae(args, data, device, deadline) -> bool:
         optimizer.step()
         step += 1
         if step % args.log_every == 0 or step == total:
-            extra = {**extra, "val_psnr": vae_psnr(vae, val.to(device))}
+            extra["val_psnr"] = vae_psnr(vae, val.to(device))  # in place: the StepBudget writes its total here
             log(args.work, {"stage": "vae", "step": step, "loss": loss.item(), **parts, **extra})
         if step % args.save_every == 0:
             save_state(path, {"vae": vae}, optimizer, step, extra)
@@ -318,7 +332,7 @@ def train_unet(args, data, device, deadline) -> bool:
     optimizer = torch.optim.Adam(params, lr=args.unet_lr)
     path = args.work / "unet.safetensors"
     step, extra = load_state(path, modules, optimizer) if path.exists() else (0, {})
-    first_timed, timer = step + FIT_WARMUP, time.time()
+    budget = StepBudget(args, "unet", step, extra, deadline)
     total = extra.get("total", args.unet_steps)
     extra.setdefault("batch", args.unet_batch)
     ema_params = list(ema_unet.parameters()) + list(ema_tokens.parameters())
@@ -328,11 +342,7 @@ def train_unet(args, data, device, deadline) -> bool:
     train, labels = cache["train"], cache["labels"]
     unet.train()
     while step < total and time.time() < deadline:
-        if step == first_timed + FIT_AFTER and args.fit:
-            total = extra["total"] = fitted_total(step, total, timer, first_timed, deadline)
-            log(args.work, {"stage": "unet", "fitted_total": total})
-        if step == first_timed:
-            timer = time.time()
+        total = budget.total(step, total)
         index = torch.randint(0, len(train), (args.unet_batch,), generator=generator).to(device)
         drop = (torch.rand(args.unet_batch, generator=generator) < CLASS_DROPOUT).to(device)
         y = torch.where(drop, torch.full_like(labels[index], NULL_CLASS), labels[index])
@@ -348,8 +358,8 @@ def train_unet(args, data, device, deadline) -> bool:
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         step += 1
         if step % args.log_every == 0 or step == total:
-            extra = {**extra, "val_loss_ema": held_out_diffusion_loss(ema_unet, ema_tokens, cache["val"], cache["val_labels"],
-                                                             alpha_bars)}
+            extra["val_loss_ema"] = held_out_diffusion_loss(ema_unet, ema_tokens, cache["val"], cache["val_labels"],
+                                                            alpha_bars)  # in place, as for the VAE
             log(args.work, {"stage": "unet", "step": step, "loss": loss.item(), **extra})
         if step % args.save_every == 0:
             save_state(path, modules, optimizer, step, extra)
