@@ -401,9 +401,10 @@ LOAD_AND_LAY_OUT = """async ([api, name, layout, note]) => {
   await new Promise((r) => setTimeout(r, 1500));  // LoadImage previews load and resize their nodes
   const graph = app.graph;
   const noteNode = window.LiteGraph.createNode("MarkdownNote");
-  noteNode.widgets[0].value = note;
   noteNode.size = [340, 640];
   graph.add(noteNode);
+  // after graph.add: a note added before it could take the text of the previous workflow's note with the same id
+  noteNode.widgets[0].value = note;
   const place = { ...layout, [noteNode.id]: [0, 0] };
   for (const node of graph.nodes) {
     for (const w of node.widgets ?? []) if (w.name === "control_after_generate") w.value = "fixed";
@@ -601,6 +602,9 @@ def write_workflows(page, object_info: dict, only: list[str] | None = None) -> N
         comfy_page.fit_view(page)
         page.evaluate(READABLE_VIEW)
         result = json.loads(page.evaluate(SERIALIZE))
+        notes = [n["widgets_values"][0] for n in result["workflow"]["nodes"] if n["type"] == "MarkdownNote"]
+        if notes != [note]:
+            raise RuntimeError(f"{wf.name}: the saved note is not this workflow's: {[n[:60] for n in notes]}")
         problems = api_differences(api, result["api"], object_info)
         if problems:
             raise RuntimeError(f"{wf.name}: the frontend's API form differs:\n" + "\n".join(problems))

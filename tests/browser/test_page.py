@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,22 @@ def wait_for_preview(page, node_id: str, *, caption: str | None = None, timeout:
 def test_example_workflows_exist():
     assert WORKFLOWS, ("example_workflows/ holds no *.json: the browser tests load every example workflow, so "
                        "there must be at least one (ask the lead).")
+
+
+def test_each_example_workflow_carries_its_own_note():
+    """The committed UI files hold the note tools/make_workflows.py defines for that workflow (a frontend quirk once
+    gave three of them the previous workflow's note)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import make_workflows
+
+    definitions = make_workflows.workflows()
+    assert sorted(wf.name for wf in definitions) == [p.stem for p in WORKFLOWS]
+    for wf in definitions:
+        saved = json.loads((REPO / "example_workflows" / f"{wf.name}.json").read_text())
+        notes = [n["widgets_values"][0] for n in saved["nodes"] if n["type"] == "MarkdownNote"]
+        expected = wf.note + (make_workflows.NOTE_TAIL.format(ckpt=make_workflows.CHECKPOINT) if wf.tail is None
+                              else wf.tail)
+        assert notes == [expected], (wf.name, [n[:80] for n in notes])
 
 
 def hole_percent(size: int) -> str:
