@@ -254,18 +254,22 @@ DEMO_TAIL = ("\n\n**Model:** the pack's demo prior, a small latent diffusion mod
              "Models*, NeurIPS 2023.")
 
 
+def demo_output(wf: Workflow, kind: str) -> str:
+    """SaveImage filename_prefix of a demo output: output/PSLD_demo/<task>_<kind> (what tools/demo.py reads)."""
+    return f"{DEMO_PREFIX}/{wf.name.removeprefix('PSLD_demo_')}_{kind}"
+
+
 def demo_measurement(wf: Workflow, task: str, index: int, **settings) -> tuple[str, str, str]:
     """Demo model and image -> operator -> PSLD_Degrade, saving the truth and y. Returns (loader, operator, degrade)."""
-    short = wf.name.removeprefix("PSLD_demo_")
     loader = wf.add("PSLD_DemoModelLoader", "PSLD Demo Model Loader (Fashion-MNIST 32x32)", 1, 0, subject="any")
     truth = wf.add("PSLD_DemoImage", "PSLD Demo Image (the truth)", 1, 1, index=index)
     operator = wf.add("PSLD_LinearOperator", f"PSLD Linear Operator ({wf.label})", 2, 0, task=task,
                       width=DEMO_SIZE, height=DEMO_SIZE, **{**DEMO_OPERATOR, **settings})
     degrade = wf.add("PSLD_Degrade", "PSLD Degrade (makes the measurement)", 2, 1, image=(truth, IMAGE),
                      operator=(operator, OPERATOR), sigma_y=DEMO_SIGMA_Y, seed=0)
-    wf.add("SaveImage", "Truth", 3, 0, images=(truth, IMAGE), filename_prefix=f"{DEMO_PREFIX}/{short}_truth")
+    wf.add("SaveImage", "Truth", 3, 0, images=(truth, IMAGE), filename_prefix=demo_output(wf, "truth"))
     wf.add("SaveImage", "Measurement y", 3, 1, images=(degrade, MEASUREMENT),
-           filename_prefix=f"{DEMO_PREFIX}/{short}_measurement")
+           filename_prefix=demo_output(wf, "measurement"))
     return loader, operator, degrade
 
 
@@ -280,8 +284,7 @@ def demo_psld(wf: Workflow, loader: str, operator: str, degrade: str, **loss) ->
                      positive=(loader, DEMO_POSITIVE), negative=(loader, DEMO_NEGATIVE),
                      operator=(operator, OPERATOR), measurement=(degrade, MEASUREMENT), seed=0, steps=DEMO_STEPS,
                      cfg=1.0, eta=0.0, scheduler="ddim_uniform", **inputs)
-    wf.add("SaveImage", "PSLD result", 4, 1, images=(sampler, SAMPLER_IMAGE),
-           filename_prefix=f"{DEMO_PREFIX}/{wf.name.removeprefix('PSLD_demo_')}_psld")
+    wf.add("SaveImage", "PSLD result", 4, 1, images=(sampler, SAMPLER_IMAGE), filename_prefix=demo_output(wf, "psld"))
 
 
 def demo_ksampler(wf: Workflow, loader: str, latent: tuple, denoise: float, title: str) -> str:
@@ -293,8 +296,7 @@ def demo_ksampler(wf: Workflow, loader: str, latent: tuple, denoise: float, titl
 
 
 def save_without_psld(wf: Workflow, image: str) -> None:
-    wf.add("SaveImage", "Without PSLD", 6, 1, images=(image, 0),
-           filename_prefix=f"{DEMO_PREFIX}/{wf.name.removeprefix('PSLD_demo_')}_without_psld")
+    wf.add("SaveImage", "Without PSLD", 6, 1, images=(image, 0), filename_prefix=demo_output(wf, "without_psld"))
 
 
 def demo_inpainting_baseline(wf: Workflow, loader: str, operator: str, degrade: str) -> None:
@@ -325,10 +327,11 @@ WITHOUT_PSLD = "\n\n**Without PSLD** (right column): "
 
 def demo_box_inpainting() -> Workflow:
     wf = demo_workflow("box_inpainting", "box inpainting", "Fills the missing centre square (16x16) of a 32x32 "
-                       "Fashion-MNIST image. The PSLD Gluing Loss sets omega 1, gamma 0.1, which scored best at 50 steps on the demo "
-                       "prior's validation images (the reference box weights are tuned for 1000 steps)." + WITHOUT_PSLD + "ComfyUI's latent inpainting: VAE Encode of y, Set "
-                       "Latent Noise Mask with the operator's mask (its preview output through Image To Mask), "
-                       "KSampler at denoise 1.")
+                       "Fashion-MNIST image. The PSLD Gluing Loss sets omega 1, gamma 0.1, which scored best at 50 "
+                       "steps on the demo prior's validation images (the reference box weights are tuned for 1000 "
+                       "steps)." + WITHOUT_PSLD + "ComfyUI's latent inpainting: VAE Encode of y, Set Latent Noise "
+                       "Mask with the operator's mask (its preview output through Image To Mask), KSampler at "
+                       "denoise 1.")
     loader, operator, degrade = demo_measurement(wf, "box_inpaint", 2)
     # the reference box weights (omega 0.1, gamma 0.01) are tuned for 1000 steps and pull too weakly at 50 steps;
     # omega 1, gamma 0.1 scored best on the validation split at 50 steps (docs/benchmarks.md)
@@ -358,24 +361,23 @@ def demo_super_resolution() -> Workflow:
     return wf
 
 
-def demo_gaussian_deblur() -> Workflow:
-    wf = demo_workflow("gaussian_deblur", "Gaussian deblur", "Removes a Gaussian blur (sigma 1 px, 9 px kernel, "
-                       "about as strong for a 32 px image as sigma 16 at 512)." + WITHOUT_PSLD + "img2img: VAE "
-                       "Encode of y, KSampler at denoise 0.5.")
-    loader, operator, degrade = demo_measurement(wf, "gaussian_deblur", 13)
+def demo_deblur(name: str, label: str, task: str, index: int, what: str) -> Workflow:
+    """A deblurring demo: PSLD against ComfyUI's img2img of the blurred measurement."""
+    wf = demo_workflow(name, label, what + WITHOUT_PSLD + "img2img: VAE Encode of y, KSampler at denoise 0.5.")
+    loader, operator, degrade = demo_measurement(wf, task, index)
     demo_psld(wf, loader, operator, degrade)
     demo_img2img_baseline(wf, loader, degrade)
     return wf
+
+
+def demo_gaussian_deblur() -> Workflow:
+    return demo_deblur("gaussian_deblur", "Gaussian deblur", "gaussian_deblur", 13, "Removes a Gaussian blur "
+                       "(sigma 1 px, 9 px kernel, about as strong for a 32 px image as sigma 16 at 512).")
 
 
 def demo_motion_deblur() -> Workflow:
-    wf = demo_workflow("motion_deblur", "motion deblur", "Removes a random camera-shake blur (9 px kernel drawn "
-                       "with the operator's seed)." + WITHOUT_PSLD + "img2img: VAE Encode of y, KSampler at "
-                       "denoise 0.5.")
-    loader, operator, degrade = demo_measurement(wf, "motion_deblur", 9)
-    demo_psld(wf, loader, operator, degrade)
-    demo_img2img_baseline(wf, loader, degrade)
-    return wf
+    return demo_deblur("motion_deblur", "motion deblur", "motion_deblur", 9, "Removes a random camera-shake blur "
+                       "(9 px kernel drawn with the operator's seed).")
 
 
 def demo_workflows() -> list[Workflow]:
