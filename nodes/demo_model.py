@@ -359,35 +359,47 @@ class DemoPrior:
         return [[token, {}]]
 
 
-def _load(path: Path, disable_dynamic: bool = False) -> DemoPrior:
-    """Build every object from the file (no cache). Under inference mode, as ComfyUI's executor runs loaders, so
-    the result is the same whoever loads it first."""
+def _read_prior(path: Path) -> tuple[DemoPriorInfo, dict[str, torch.Tensor]]:
+    """The file's parsed metadata and its tensors (read under inference mode, as ComfyUI's executor runs loaders, so
+    the result is the same whoever loads it first), the class tokens' shape checked."""
     info = parse_metadata(path, _read_metadata(path))
     with torch.inference_mode():
         tensors = _read_tensors(path)
-        tokens = tensors.get(TOKENS_KEY)
-        context_dim = info.unet_config.get("context_dim")
-        if tokens is None or tuple(tokens.shape) != (len(info.classes) + 1, context_dim):
-            shape = None if tokens is None else tuple(tokens.shape)
-            raise _file_error(path, f"has {TOKENS_KEY} of shape {shape}, expected "
-                              f"({len(info.classes) + 1}, {context_dim}) (one token per class plus 'any').")
+    tokens = tensors.get(TOKENS_KEY)
+    context_dim = info.unet_config.get("context_dim")
+    if tokens is None or tuple(tokens.shape) != (len(info.classes) + 1, context_dim):
+        shape = None if tokens is None else tuple(tokens.shape)
+        raise _file_error(path, f"has {TOKENS_KEY} of shape {shape}, expected "
+                          f"({len(info.classes) + 1}, {context_dim}) (one token per class plus 'any').")
+    return info, tensors
+
+
+def _load(path: Path, disable_dynamic: bool = False) -> DemoPrior:
+    """Build every object from the file (no cache), under inference mode."""
+    info, tensors = _read_prior(path)
+    with torch.inference_mode():
         model = _build_unet(path, info, tensors, disable_dynamic)
         vae = _build_vae(path, info, tensors)
-        tokens = tokens.to(dtype=torch.float32, copy=True)
+        tokens = tensors[TOKENS_KEY].to(dtype=torch.float32, copy=True)
     return DemoPrior(path=path, model=model, vae=vae, class_names=info.classes, class_tokens=tokens,
                      null_class=info.null_class, image_size=info.image_size, downscale_ratio=info.downscale_ratio,
                      training=info.training)
 
 
 def _reload_unet_patcher(path: str, disable_dynamic: bool = False):
-    """cached_patcher_init factory: a fresh UNet patcher from the file (ComfyUI 0.30 calls it to make the plain,
-    non-dynamic copy that PSLD's gradients need, and for multi-GPU copies)."""
-    return _load(Path(path), disable_dynamic=disable_dynamic).model
+    """cached_patcher_init factory: a fresh UNet patcher from the file, the VAE not built (ComfyUI 0.30 calls it to
+    make the plain, non-dynamic copy that PSLD's gradients need, and for multi-GPU copies)."""
+    info, tensors = _read_prior(Path(path))
+    with torch.inference_mode():
+        return _build_unet(Path(path), info, tensors, disable_dynamic)
 
 
 def _reload_vae_patcher(path: str, disable_dynamic: bool = False):
-    """cached_patcher_init factory of the VAE patcher (as comfy.sd.load_vae_patcher for VAELoader)."""
-    return _load(Path(path), disable_dynamic=disable_dynamic).vae.patcher
+    """cached_patcher_init factory of the VAE patcher (as comfy.sd.load_vae_patcher for VAELoader), the UNet not
+    built. The VAE patcher has no dynamic variant here: disable_dynamic changes nothing, as in _load."""
+    info, tensors = _read_prior(Path(path))
+    with torch.inference_mode():
+        return _build_vae(Path(path), info, tensors).patcher
 
 
 @functools.lru_cache(maxsize=2)
