@@ -192,15 +192,19 @@ def test_ksampler_with_the_loader_s_conditionings(N, loaded):
     assert not torch.allclose(ksample(N, model, bag, anything, latent, seed=1)["samples"], first)
 
 
-def test_empty_latent_image_of_32_px_gives_an_8x8_latent_where_comfyui_rescales_it(N, loaded):
-    """ComfyUI 0.30 resizes an empty latent to the model's latent_format.spacial_downscale_ratio (4 here);
-    older hosts (0.3.75) size EmptyLatentImage for 8x VAEs, so 64 px is what gives the demo's 8x8 latent there."""
+def test_empty_latent_image_gives_the_demo_latent_at_the_size_each_host_needs(N, loaded):
+    """ComfyUI 0.30 resizes an empty latent to the model's latent_format.spacial_downscale_ratio (4 here), so 32 px
+    gives the demo's 8x8 latent; older hosts (0.3.75) size EmptyLatentImage for 8x VAEs (32 px -> 4x4), so 64 px is
+    what gives it there (the help page's advice)."""
     import comfy.latent_formats
 
-    if not hasattr(comfy.latent_formats.LatentFormat, "spacial_downscale_ratio"):
-        pytest.skip("this ComfyUI sizes empty latents for 8x VAEs only (EmptyLatentImage 64x64 = 8x8 latent)")
     model, vae, positive, negative = loaded
-    empty = run_node(N["EmptyLatentImage"], width=SIDE, height=SIDE, batch_size=1)[0]
+    rescales = hasattr(comfy.latent_formats.LatentFormat, "spacial_downscale_ratio")
+    if not rescales:
+        small = run_node(N["EmptyLatentImage"], width=SIDE, height=SIDE, batch_size=1)[0]
+        assert small["samples"].shape == (1, 4, SIDE // 8, SIDE // 8)
+    side = SIDE if rescales else 2 * SIDE
+    empty = run_node(N["EmptyLatentImage"], width=side, height=side, batch_size=1)[0]
     samples = ksample(N, model, positive, negative, empty, cfg=1.0, steps=2)
     assert samples["samples"].shape == (1, 4, LATENT, LATENT)
     assert decode(N, vae, samples).shape == (1, SIDE, SIDE, 3)
