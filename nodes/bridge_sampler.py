@@ -23,6 +23,7 @@ import comfy.utils
 import latent_preview
 
 from ..psld.losses import PSLDLoss
+from ..psld.memory import checkpointed_forwards
 from ..psld.sampling import PSLDDivergenceError, sample_psld
 from .comfy_bridge import PSLDGuider
 from .errors import PSLDInputError
@@ -82,6 +83,24 @@ def check_batch(measurement_batch: int, latent_batch: int, node_id: str) -> None
                              f"{measurement_batch}.")
 
 
+def gradient_path(model, guider: PSLDGuider, extra_args: dict, *, low_memory: bool):
+    """(denoise, decode, encode) for psld/: the CFG-combined denoiser ComfyUI hands a sampler function, and the
+    guider's differentiable VAE; low_memory recomputes the UNet's and the VAE's block activations in the backward
+    pass instead of storing them."""
+    unet_blocks = guider.unet_blocks() if low_memory else ()
+
+    def denoise(z, sigma):
+        with checkpointed_forwards(unet_blocks):
+            return model(z, sigma, **extra_args)
+
+    def decode(z):
+        return guider.vae.decode(z, low_memory=low_memory)
+
+    def encode(image):
+        return guider.vae.encode(image, low_memory=low_memory)
+    return denoise, decode, encode
+
+
 def sample_psld_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *, psld_run: PSLDRun):
     """KSAMPLER sampler function (k-diffusion signature): PSLD from x over `sigmas` with the guider's models."""
     run = psld_run
@@ -92,12 +111,8 @@ def sample_psld_comfy(model, x, sigmas, extra_args=None, callback=None, disable=
     y = run.y.to(device=x.device, dtype=x.dtype).expand(x.shape[0], *run.y.shape[1:])
     steps = len(sigmas) - 1
 
-    def denoise(z, sigma):
-        args = extra_args
-        mask = args.get("denoise_mask")
-        if mask is not None and mask.is_inference() and torch.is_grad_enabled():
-            args = {**args, "denoise_mask": mask.clone()}  # a LATENT noise_mask enters the autograd graph
-        return model(z, sigma, **args)
+    memory = guider.choose_memory_mode(x)
+    denoise, decode, encode = gradient_path(model, guider, extra_args, low_memory=memory == "low")
 
     def on_step(i, x_i, denoised, residuals):
         if callback is not None:
@@ -106,15 +121,42 @@ def sample_psld_comfy(model, x, sigmas, extra_args=None, callback=None, disable=
 
     noise_sampler = comfy.k_diffusion.sampling.default_noise_sampler(x, seed=seed) if run.eta > 0 else None
     try:
-        return sample_psld(denoise, x, sigmas, operator=run.spec.operator, y=y, decode=guider.vae.decode,
-                           encode=guider.vae.encode, loss=run.loss, eta=run.eta, noise_sampler=noise_sampler,
-                           callback=on_step,
+        return sample_psld(denoise, x, sigmas, operator=run.spec.operator, y=y, decode=decode, encode=encode,
+                           loss=run.loss, eta=run.eta, noise_sampler=noise_sampler, callback=on_step,
                            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                            generator=int(seed or 0))
     except PSLDDivergenceError as error:
         raise PSLDInputError(run.node_id, "loss", str(error),
                              "lower omega and gamma on PSLD_GluingLoss (halve them, or start from the reference "
                              "weights), or use more steps.") from error
+    except RuntimeError as error:  # torch's OutOfMemoryError classes are RuntimeErrors
+        if not is_out_of_memory(error):
+            raise
+        raise out_of_memory_error(guider, run, x, memory, error) from None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA / other accelerator OOM, or the CPU allocator's failure (a RuntimeError with its own text)."""
+    text = str(error)
+    return (type(error).__name__ == "OutOfMemoryError" or "out of memory" in text.lower()
+            or "can't allocate memory" in text)
+
+
+def out_of_memory_error(guider: PSLDGuider, run: PSLDRun, x: torch.Tensor, memory: str,
+                        error: BaseException) -> PSLDInputError:
+    """The pack's message for a PSLD step that ran out of memory (after freeing what ComfyUI can free)."""
+    comfy.model_management.soft_empty_cache()
+    free = comfy.model_management.get_free_memory(guider.model_patcher.load_device) / 2**20
+    needed = guider.estimated_bytes(x, memory) / 2**20
+    where = guider.node_id
+    fix = ("set memory to low on " + where + " (it recomputes activations instead of storing them), or "
+           if memory != "low" else "")
+    return PSLDInputError(where, "memory",
+                          f"PSLD ran out of memory at {run.spec.width}x{run.spec.height} px with a batch of "
+                          f"{x.shape[0]} in '{memory}' memory mode (a gradient step stores about {needed:.0f} MiB "
+                          f"beyond the loaded models; {free:.0f} MiB free now). The models stay loaded and the next "
+                          f"prompt runs. Allocator: {str(error).splitlines()[0][:200]}",
+                          fix + "use a smaller image or batch, or cfg 1 (half the UNet memory).")
 
 
 def psld_sampler(run: PSLDRun) -> comfy.samplers.KSAMPLER:

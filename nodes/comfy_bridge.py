@@ -1,18 +1,23 @@
 """The bridge between ComfyUI's MODEL / VAE and psld/: gradients through the user's own models, never touching them.
 
-ComfyUI runs every node under torch.inference_mode(), so the weights of a loaded MODEL or VAE are inference tensors
-that autograd cannot save for the backward pass. The recipe (docs/architecture.md, "Bridge"):
+ComfyUI runs every node under torch.inference_mode(), so the weights of a loaded MODEL or VAE (and the
+conditionings upstream nodes made) are inference tensors that autograd cannot save for the backward pass. The
+recipe (docs/architecture.md, "Bridge"):
 
-1. Dynamic VRAM (ComfyUI >= 0.30 on NVIDIA): weights are views into memory that is refilled layer by layer, and
-   small layers get no weight functions at all. Such a patcher is swapped for its non-dynamic delegate first.
-2. A clone of the patcher (the user's patcher is never changed) with a weight wrapper `w -> w.clone()` on every
-   weight and bias of a comfy.ops layer. A weight function makes comfy.ops copy the weight on every forward; the
-   copy is made where the gradient region runs (outside inference mode), so autograd can keep it.
-3. Parameters that no comfy.ops layer owns (TAESD's vae_scale / vae_shift) get no wrapper; decode/encode pass
-   private copies of them through torch.func.functional_call.
-4. Upstream tensors that reach the UNet (conditionings, control) are cloned inside the gradient region by an
-   APPLY_MODEL wrapper on the clone; attention backends without a backward pass (sage, flash) are replaced by
-   PyTorch attention through transformer_options["optimized_attention_override"] while gradients are on.
+1. Dynamic VRAM (ComfyUI >= 0.30 on NVIDIA): weights are views into memory that is refilled layer by layer, so a
+   weight held by reference until the backward pass could hold another layer's data by then. Such a patcher is
+   swapped for its non-dynamic delegate first.
+2. Weights by reference: psld.sampling opens psld.memory.weights_by_reference() around each gradient step, so every
+   inference tensor or parameter an operation receives enters autograd as a plain alias of the same memory. No
+   weight is copied and no weight gradient is computed; LoRA and other patches are baked into the weights the
+   layers run with, so the patched weight is what the gradient sees. Layers that ComfyUI casts per forward
+   (manual cast, e.g. fp8 stored weights, or partially loaded models) hand autograd their cast copy, which lives
+   until the backward pass in `fast` memory mode and only while its block is recomputed in `low` mode.
+3. Memory modes: `low` recomputes the activations of the UNet's and the VAE's blocks in the backward pass instead
+   of storing them (psld.memory.checkpointed_forwards over `checkpoint_blocks`); `fast` stores them; `auto`
+   picks from ComfyUI's own memory estimates and the free memory it reports (`choose_memory_mode`).
+4. Attention backends without a backward pass (sage, flash) are replaced by PyTorch attention through
+   transformer_options["optimized_attention_override"] while gradients are on, on a clone of the user's patcher.
 5. Models are loaded with comfy.model_management.load_models_gpu (through the guider's prepare_sampling), never
    patch_model; the VAE clone rides along as an additional model of the UNet clone.
 6. The VAE in the gradient path is its first_stage_model.decode / encode with the model's latent format, never
@@ -20,18 +25,19 @@ that autograd cannot save for the backward pass. The recipe (docs/architecture.m
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management
 import comfy.model_sampling
-import comfy.patcher_extension
 import comfy.samplers
 from comfy.ldm.modules import attention as comfy_attention
 
+from ..psld.memory import checkpointed_forwards
 from .errors import PSLDInputError
 
 PSLD_KEY = "psld"
-UNET_PREFIX = "diffusion_model."
 SUPPORTED_FAMILIES = "SD 1.x, SD 2.x (including v-prediction) and SDXL"
 FLOW_MODEL_TYPES = ("FLOW", "FLUX", "FLOW_COSMOS", "IMG_TO_IMG_FLOW")
 # Attention functions of comfy.ldm.modules.attention that have a backward pass (both hosts define these names).
@@ -86,7 +92,7 @@ def check_model(patcher, node_id: str, input_name: str = "model") -> None:
                              "its prediction type to edm, lcm or x0.")
 
 
-# ---------------------------------------------------------------------------------------------- grad-enabled clones
+# ---------------------------------------------------------------------------------------------- dynamic VRAM
 
 def non_dynamic(patcher, node_id: str, input_name: str):
     """The patcher itself, or its non-dynamic delegate when ComfyUI's dynamic VRAM manages it (ComfyUI >= 0.30)."""
@@ -103,72 +109,10 @@ def non_dynamic(patcher, node_id: str, input_name: str):
                              "checkpoint / UNet / VAE loader nodes.") from error
 
 
-def _private_copy(weight: torch.Tensor) -> torch.Tensor:
-    """Weight wrapper: a private copy, born where the forward runs (outside inference mode in the gradient region).
-
-    Detached: PSLD needs gradients with respect to the latent only, so autograd must not keep layer inputs for
-    weight gradients (loaded parameters may have requires_grad set)."""
-    return weight.detach().clone()
-
-
-def cast_weight_keys(module: torch.nn.Module, prefix: str = "") -> list[str]:
-    """Keys "<module>.weight" / "<module>.bias" of every parameter owned by a comfy.ops layer (the ones that
-    ModelPatcher weight wrappers reach), restricted to names starting with `prefix`."""
-    keys = []
-    for name, sub in module.named_modules():
-        if not hasattr(sub, "weight_function"):
-            continue
-        for param_name, param in sub.named_parameters(recurse=False):
-            key = f"{name}.{param_name}" if name else param_name
-            if param_name in ("weight", "bias") and param is not None and key.startswith(prefix):
-                keys.append(key)
-    return keys
-
-
-def raw_parameter_names(module: torch.nn.Module) -> list[str]:
-    """Parameters no comfy.ops layer owns (weight wrappers never see them), e.g. TAESD's vae_scale."""
-    names = []
-    for name, sub in module.named_modules():
-        for param_name, _ in sub.named_parameters(recurse=False):
-            if not (hasattr(sub, "weight_function") and param_name in ("weight", "bias")):
-                names.append(f"{name}.{param_name}" if name else param_name)
-    return names
-
-
-def grad_enabled_clone(patcher, prefix: str = ""):
-    """patcher.clone() with the private-copy weight wrapper on every comfy.ops weight and bias under `prefix`."""
-    clone = patcher.clone()
-    for key in cast_weight_keys(clone.model, prefix):
-        clone.add_weight_wrapper(key, _private_copy)
-    return clone
-
-
-# ---------------------------------------------------------------------------------------------- UNet call wrappers
+# ---------------------------------------------------------------------------------------------- attention
 
 def _gradients_on() -> bool:
     return torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-
-
-def clone_inference_tensors(value):
-    """A copy of value in which every inference tensor (nested in dicts, lists, tuples) is cloned."""
-    if isinstance(value, torch.Tensor):
-        return value.clone() if value.is_inference() else value
-    if isinstance(value, dict):
-        return {k: clone_inference_tensors(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clone_inference_tensors(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(clone_inference_tensors(v) for v in value)
-    return value
-
-
-def grad_safe_apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
-                          **kwargs):
-    """APPLY_MODEL wrapper: inside a gradient region, clone the inference tensors that upstream nodes made."""
-    if _gradients_on():
-        t, c_concat, c_crossattn, control = map(clone_inference_tensors, (t, c_concat, c_crossattn, control))
-        kwargs = clone_inference_tensors(kwargs)
-    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
 def make_attention_override(previous=None):
@@ -185,34 +129,45 @@ def make_attention_override(previous=None):
     return override
 
 
-def install_gradient_hooks(clone) -> None:
-    """Put the APPLY_MODEL wrapper and the attention override on a (grad-enabled) UNet clone."""
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, PSLD_KEY, grad_safe_apply_model)
+def install_attention_override(clone) -> None:
+    """Put the attention override on a UNet clone (keeping an override that was already set)."""
     options = clone.model_options.setdefault("transformer_options", {})
     previous = options.get("optimized_attention_override")
     if not getattr(previous, "psld", False):
         options["optimized_attention_override"] = make_attention_override(previous)
 
 
+# ---------------------------------------------------------------------------------------------- memory modes
+
+MEMORY_MODES = ("auto", "fast", "low")
+# The blocks whose activations `low` mode recomputes: "<last part of the module path>.<class name>" of ComfyUI's
+# UNet blocks (openaimodel, attention), KL-VAE blocks (diffusionmodules.model) and TAESD blocks.
+CHECKPOINT_BLOCKS = frozenset({"openaimodel.ResBlock", "attention.SpatialTransformer", "model.ResnetBlock",
+                               "model.AttnBlock", "taesd.Block"})
+# What a gradient step stores beyond the loaded models, per mode, in units of ComfyUI's own per-element sizes:
+# the UNet part per latent pixel x batch x dtype size x the model's memory_usage_factor (ComfyUI's relative cost
+# of a family), the VAE part per byte of ComfyUI's decode + encode estimate (vae.memory_used_decode / _encode).
+# Measured with bench/comfy_step.py on the SD1.5 layout (docs/benchmarks.md, "Memory modes"); `auto` uses them.
+STORED_BYTES = {"fast": {"unet": 400_000, "vae": 2.0}, "low": {"unet": 100_000, "vae": 0.5}}
+
+
+def block_kind(module: torch.nn.Module) -> str:
+    return f"{type(module).__module__.rsplit('.', 1)[-1]}.{type(module).__name__}"
+
+
+def checkpoint_blocks(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules under root whose activations `low` mode recomputes (CHECKPOINT_BLOCKS)."""
+    return [m for m in root.modules() if block_kind(m) in CHECKPOINT_BLOCKS]
+
+
 # ---------------------------------------------------------------------------------------------- differentiable VAE
 
-class _MethodCall(torch.nn.Module):
-    """Calls one method of a module as forward, so torch.func.functional_call can substitute its parameters."""
-
-    def __init__(self, module: torch.nn.Module, method: str):
-        super().__init__()
-        self.module = module
-        self.method = method
-
-    def forward(self, x):
-        return getattr(self.module, self.method)(x)
-
-
 class DifferentiableVAE:
-    """decode(z) / encode(image) through the VAE's first_stage_model, differentiable, on a grad-enabled clone.
+    """decode(z) / encode(image) through the VAE's first_stage_model, differentiable, on a clone of its patcher.
 
     z is a latent in the sampler's model space (the UNet's latent format); images are NCHW in [-1, 1], not clamped.
     Inputs go to the VAE's load device and dtype (vae.vae_dtype), outputs come back on the input's device and dtype.
+    low_memory=True recomputes the VAE blocks' activations in the backward pass instead of storing them.
     """
 
     def __init__(self, vae, latent_format, node_id: str, input_name: str = "vae"):
@@ -222,13 +177,12 @@ class DifferentiableVAE:
         if getattr(vae, "latent_dim", 2) != 2:
             raise PSLDInputError(node_id, input_name, "this VAE is for video or audio latents.",
                                  "use the image VAE of an SD 1.x, SD 2.x or SDXL checkpoint.")
-        self.patcher = grad_enabled_clone(non_dynamic(vae.patcher, node_id, input_name))
+        self.patcher = non_dynamic(vae.patcher, node_id, input_name).clone()
+        self.vae = vae
         self.dtype = vae.vae_dtype
         self.downscale_ratio = int(vae.spacial_compression_encode())
         self.latent_channels = int(vae.latent_channels)
         self.latent_format = latent_format
-        self._raw = raw_parameter_names(self.module)
-        self._calls = {m: _MethodCall(self.module, m) for m in ("decode", "encode")}
 
     @property
     def module(self) -> torch.nn.Module:
@@ -239,39 +193,46 @@ class DifferentiableVAE:
     def device(self) -> torch.device:
         return self.patcher.load_device
 
-    def _run(self, method: str, x: torch.Tensor) -> torch.Tensor:
-        if not self._raw or not _gradients_on():
+    def _run(self, method: str, x: torch.Tensor, low_memory: bool) -> torch.Tensor:
+        with checkpointed_forwards(checkpoint_blocks(self.module) if low_memory else ()):
             return getattr(self.module, method)(x)
-        params = dict(self.module.named_parameters())
-        copies = {f"module.{n}": params[n].detach().clone() for n in self._raw}  # plain tensors, not inference
-        return torch.func.functional_call(self._calls[method], copies, (x,))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, low_memory: bool = False) -> torch.Tensor:
         """Model-space latent -> image in [-1, 1] (no clamp): first_stage_model.decode(process_out(z))."""
         latent = self.latent_format.process_out(z)
-        image = self._run("decode", latent.to(device=self.device, dtype=self.dtype))
+        image = self._run("decode", latent.to(device=self.device, dtype=self.dtype), low_memory)
         return image.to(device=z.device, dtype=z.dtype)
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
+    def encode(self, image: torch.Tensor, low_memory: bool = False) -> torch.Tensor:
         """Image in [-1, 1] -> model-space latent: process_in(first_stage_model.encode(image)) (posterior mode)."""
-        latent = self._run("encode", image.to(device=self.device, dtype=self.dtype))
+        latent = self._run("encode", image.to(device=self.device, dtype=self.dtype), low_memory)
         return self.latent_format.process_in(latent.to(device=image.device, dtype=image.dtype))
+
+    def inference_bytes(self, latent_shape: tuple[int, ...]) -> int:
+        """ComfyUI's estimate of one decode plus one encode at this latent shape (no gradients)."""
+        ratio = self.downscale_ratio
+        image_shape = (latent_shape[0], 3, latent_shape[2] * ratio, latent_shape[3] * ratio)
+        return int(self.vae.memory_used_decode(latent_shape, self.dtype)
+                   + self.vae.memory_used_encode(image_shape, self.dtype))
 
 
 # ---------------------------------------------------------------------------------------------- the guider
 
 class PSLDGuider(comfy.samplers.CFGGuider):
-    """A CFGGuider over grad-enabled clones of the user's MODEL and VAE; carries the differentiable VAE.
+    """A CFGGuider over clones of the user's MODEL and VAE; carries the differentiable VAE and the memory mode.
 
     The UNet clone is what the guider samples with; the VAE clone is attached to it with set_additional_models, so
     ComfyUI's prepare_sampling loads both together (load_models_gpu). Calling the guider (as every sampler does)
     gives the CFG-combined denoised latent x0, differentiable with respect to x inside a gradient region.
     """
 
-    def __init__(self, model, vae, *, node_id: str):
+    def __init__(self, model, vae, *, node_id: str, memory: str = "auto"):
         check_model(model, node_id)
-        unet = grad_enabled_clone(non_dynamic(model, node_id, "model"), UNET_PREFIX)
-        install_gradient_hooks(unet)
+        if memory not in MEMORY_MODES:
+            raise PSLDInputError(node_id, "memory", f"memory={memory!r} is unknown.",
+                                 "choose " + ", ".join(MEMORY_MODES) + " (auto picks from the free memory).")
+        unet = non_dynamic(model, node_id, "model").clone()
+        install_attention_override(unet)
         latent_format = unet.get_model_object("latent_format")
         self.vae = DifferentiableVAE(vae, latent_format, node_id)
         if self.vae.latent_channels != latent_format.latent_channels:
@@ -281,6 +242,7 @@ class PSLDGuider(comfy.samplers.CFGGuider):
         unet.set_additional_models(PSLD_KEY, [self.vae.patcher])
         super().__init__(unet)
         self.node_id = node_id
+        self.memory = memory
 
     def latent_shape(self, batch: int, height: int, width: int, node_id: str, input_name: str) -> tuple[int, ...]:
         """[B, C, H / r, W / r] for an image of height x width (r = the VAE's downscale ratio), or PSLDInputError."""
@@ -291,3 +253,29 @@ class PSLDGuider(comfy.samplers.CFGGuider):
                                  f"use an operator width and height that are multiples of {ratio}.")
         channels = self.model_patcher.get_model_object("latent_format").latent_channels
         return (batch, channels, height // ratio, width // ratio)
+
+    def unet_blocks(self) -> list[torch.nn.Module]:
+        """The UNet blocks `low` mode recomputes (of the model as loaded for this run)."""
+        return checkpoint_blocks(self.model_patcher.model.diffusion_model)
+
+    def choose_memory_mode(self, x: torch.Tensor) -> str:
+        """The guider's memory mode, with `auto` resolved for the latent x: `fast` when ComfyUI's free memory on
+        the model's device holds the stored activations that fast mode needs (estimated from ComfyUI's own
+        inference estimates, STORED_PER_INFERENCE_BYTE), else `low`. Says what it picked in the log."""
+        if self.memory != "auto":
+            return self.memory
+        needed = self.estimated_bytes(x, "fast")
+        free = comfy.model_management.get_free_memory(self.model_patcher.load_device)
+        mode = "fast" if needed < free else "low"
+        logging.info("%s: memory 'auto' chose '%s' for a %s latent: fast mode needs about %.0f MiB, %.0f MiB free.",
+                     self.node_id, mode, "x".join(map(str, x.shape)), needed / 2**20, free / 2**20)
+        return mode
+
+    def estimated_bytes(self, x: torch.Tensor, mode: str) -> int:
+        """Memory a gradient step stores in this mode beyond the loaded models (an estimate, see STORED_BYTES)."""
+        model = self.model_patcher.model
+        dtype = getattr(model, "manual_cast_dtype", None) or model.get_dtype()
+        batch = x.shape[0] * (2 if self.cfg != 1.0 else 1)
+        unet = batch * x.shape[2] * x.shape[3] * comfy.model_management.dtype_size(dtype) * model.memory_usage_factor
+        per = STORED_BYTES[mode]
+        return int(per["unet"] * unet + per["vae"] * self.vae.inference_bytes(tuple(x.shape)))

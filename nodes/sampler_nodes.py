@@ -8,7 +8,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .bridge_sampler import PSLDRun, psld_sampler, run_psld
-from .comfy_bridge import PSLDGuider
+from .comfy_bridge import MEMORY_MODES, PSLDGuider
 from .errors import PSLDInputError
 from .loss_nodes import LossSocket
 from .loss_settings import LossSettings, resolve_loss
@@ -22,7 +22,7 @@ CFG_MAX = 100.0
 
 TIP = {
     "model": "The diffusion model (SD 1.x, SD 2.x or SDXL; flow models such as SD3 and Flux are not supported). "
-             "It is not modified: PSLD works on a gradient-enabled copy.",
+             "It is not modified, and its weights are used as they are (never copied).",
     "vae": "The VAE of the same checkpoint. PSLD decodes and re-encodes through it at every step (with gradients); "
            "it is not modified.",
     "positive": "Prompt conditioning. The paper used an empty prompt; describing the image can help.",
@@ -39,6 +39,10 @@ TIP = {
     "steps": "Number of denoising steps, each with a gradient through UNet, decoder and encoder. The paper uses "
              "1000 (its weights were tuned for that); 50-200 is a practical range.",
     "scheduler": "Noise schedule. ddim_uniform reproduces the reference code's DDIM timesteps.",
+    "memory": "How a gradient step uses memory. fast: stores every activation of UNet, decoder and encoder for the "
+              "backward pass. low: stores only block inputs and recomputes the rest in the backward pass (the same "
+              "result up to float rounding; less memory, slower). auto: fast when ComfyUI reports enough free "
+              "memory for it, else low (the log says which). Weights are never copied in any mode.",
 }
 
 
@@ -81,11 +85,11 @@ def make_run(node_id: str, operator, measurement, loss, eta, unique_id) -> PSLDR
                    unique_id=unique_id)
 
 
-def make_guider(node_id: str, model, vae, positive, negative, cfg) -> PSLDGuider:
+def make_guider(node_id: str, model, vae, positive, negative, cfg, memory="auto") -> PSLDGuider:
     _checked_number(node_id, "cfg", cfg, 0.0, CFG_MAX, f"use a guidance scale in [0, {CFG_MAX:g}] (1 = no CFG).")
     positive = _checked_conditioning(node_id, "positive", positive)
     negative = _checked_conditioning(node_id, "negative", negative)
-    guider = PSLDGuider(model, vae, node_id=node_id)
+    guider = PSLDGuider(model, vae, node_id=node_id, memory=memory)
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
     return guider
@@ -119,6 +123,8 @@ class PSLDSampler(io.ComfyNode):
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=TIP["eta"]),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="ddim_uniform",
                                tooltip=TIP["scheduler"]),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                               tooltip=TIP["memory"]),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent",
@@ -131,7 +137,7 @@ class PSLDSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, *, model, vae, positive, negative, operator, measurement, seed, steps, cfg, eta, scheduler,
-                loss=None) -> io.NodeOutput:
+                memory="auto", loss=None) -> io.NodeOutput:
         node_id = "PSLD_Sampler"
         run = make_run(node_id, operator, measurement, loss, eta, _unique_id(cls))
         _checked_number(node_id, "seed", seed, 0, SEED_MAX, "use an integer seed >= 0.", integer=True)
@@ -140,7 +146,7 @@ class PSLDSampler(io.ComfyNode):
         if scheduler not in comfy.samplers.SCHEDULER_NAMES:
             raise PSLDInputError(node_id, "scheduler", f"scheduler={scheduler!r} is unknown.",
                                  "choose one of " + ", ".join(comfy.samplers.SCHEDULER_NAMES) + ".")
-        guider = make_guider(node_id, model, vae, positive, negative, cfg)
+        guider = make_guider(node_id, model, vae, positive, negative, cfg, memory)
         samples = run_psld(guider, run, seed=seed, steps=steps, scheduler=scheduler)
         images = vae.decode(samples)  # the user's VAE, as VAEDecode: no gradient needed for the output
         if images.ndim == 5:
@@ -155,7 +161,7 @@ class PSLDGuiderNode(io.ComfyNode):
             node_id="PSLD_Guider",
             display_name="PSLD Guider",
             category=CATEGORY,
-            description=("CFG guider for PSLD: holds gradient-enabled copies of your MODEL and VAE (the originals "
+            description=("CFG guider for PSLD: holds clones of your MODEL and VAE ready for gradients (the originals "
                          "are not modified) for PSLD_PosteriorSampler. Connect to SamplerCustomAdvanced's guider "
                          "input, with a ddim_uniform BasicScheduler and an empty latent of the operator's size."),
             inputs=[
@@ -165,6 +171,8 @@ class PSLDGuiderNode(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip=TIP["negative"]),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=CFG_MAX, step=0.1, round=0.01,
                                tooltip=TIP["cfg"]),
+                io.Combo.Input("memory", options=list(MEMORY_MODES), default="auto", optional=True,
+                               tooltip=TIP["memory"]),
             ],
             outputs=[
                 io.Guider.Output(display_name="guider",
@@ -174,8 +182,8 @@ class PSLDGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, *, model, vae, positive, negative, cfg) -> io.NodeOutput:
-        return io.NodeOutput(make_guider("PSLD_Guider", model, vae, positive, negative, cfg))
+    def execute(cls, *, model, vae, positive, negative, cfg, memory="auto") -> io.NodeOutput:
+        return io.NodeOutput(make_guider("PSLD_Guider", model, vae, positive, negative, cfg, memory))
 
 
 class PSLDPosteriorSampler(io.ComfyNode):

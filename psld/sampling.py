@@ -13,8 +13,10 @@ algorithm (tests/psld/test_sampling.py shows it step by step). The caller choose
 drives it. The last step (sigma_next = 0) gives z0_hat minus the gradient step, as the reference's last step does.
 
 ComfyUI calls samplers inside torch.inference_mode(); gradients need it off. The sampler therefore opens
-`torch.inference_mode(False)` and `torch.enable_grad()` around the gradient computation only, and clones x and y
-there (inference tensors cannot be saved for backward). The DDIM update stays in the caller's mode.
+`torch.inference_mode(False)`, `torch.enable_grad()` and psld.memory.weights_by_reference() around the gradient
+computation only: x becomes a fresh leaf, and every inference tensor or parameter the denoiser, decoder, encoder
+or operator uses (weights, conditionings, y) enters autograd by reference, never copied. The DDIM update stays in
+the caller's mode.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from .ddim import ddim_noise_levels, ddim_step, reference_gradient_scale
 from .losses import PSLDLoss, psld_objective
+from .memory import weights_by_reference
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -98,41 +101,23 @@ def _divergence(step: int, steps: int, sigma: float, loss: PSLDLoss, what: str) 
         f"or use the reference weights of psld.reference_loss), or use more steps.")
 
 
-def _autograd_usable(t: Tensor) -> Tensor:
-    """t without history, cloned only when it is an inference tensor (which autograd cannot save)."""
-    t = t.detach()
-    return t.clone() if t.is_inference() else t
-
-
 def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss, operator, y: Tensor,
                   decode: Callable[[Tensor], Tensor], encode, generator=None
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """grad_x L with L = psld_objective(denoise(x, sigma)); returns (grad, z0_hat, objective, residuals), detached.
 
-    Runs in its own autograd region (inference mode off, grad on) on clones of x and y, so it works when the
-    caller is inside torch.inference_mode(), as ComfyUI's samplers are.
+    Runs in its own autograd region (inference mode off, grad on, weights by reference) on a clone of x, so it
+    works when the caller is inside torch.inference_mode(), as ComfyUI's samplers are, and never copies a weight.
     """
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), weights_by_reference():
         x_leaf = x.detach().clone().requires_grad_(True)  # a fresh leaf; never x itself (the caller's tensor)
-        y_plain, sigma_plain = _autograd_usable(y), _autograd_usable(sigma)
-        z0_hat = denoise(x_leaf, sigma_plain)
+        z0_hat = denoise(x_leaf, sigma)
         image_hat = decode(z0_hat)
-        try:
-            objective, residuals = psld_objective(loss, operator, y_plain, z0_hat, image_hat, encode,
-                                                  generator=generator)
-            if not objective.requires_grad:
-                raise ValueError("denoise, decode or encode returned a tensor without a gradient path to x: they "
-                                 "must be differentiable (no torch.no_grad / inference_mode or tiled decode "
-                                 "inside).")
-            (grad,) = torch.autograd.grad(objective, x_leaf)
-        except RuntimeError as error:
-            if "Inference tensors cannot be saved for backward" in str(error):
-                raise RuntimeError(
-                    "A tensor used by denoise, decode, encode or the operator was created under "
-                    "torch.inference_mode() and cannot take part in the gradient: create it outside inference "
-                    "mode, or clone it inside torch.inference_mode(False) (the operators of psld.operators do "
-                    f"this themselves). Original error: {error}") from error
-            raise
+        objective, residuals = psld_objective(loss, operator, y, z0_hat, image_hat, encode, generator=generator)
+        if not objective.requires_grad:
+            raise ValueError("denoise, decode or encode returned a tensor without a gradient path to x: they must "
+                             "be differentiable (no torch.no_grad / inference_mode or tiled decode inside).")
+        (grad,) = torch.autograd.grad(objective, x_leaf)
     return grad.detach(), z0_hat.detach(), objective.detach(), residuals
 
 
@@ -162,8 +147,6 @@ def sample_psld(denoise: Denoiser, x: Tensor, sigmas: Tensor, *, operator, y: Te
     rng = _generator_for(generator, x.device) if needs_random else None
     batch, dtype = x.shape[0], x.dtype
     x = x.detach()  # the update below must never build a graph across steps
-    with torch.inference_mode(False):
-        y = _autograd_usable(y)  # once, not per step
 
     for i in range(steps):
         if check_interrupt is not None:

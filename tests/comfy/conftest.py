@@ -118,10 +118,10 @@ def make_loss(node_classes):
 def psld_sample(node_classes, sd15, prompts):
     """Run PSLD_Sampler on the tiny checkpoint; returns (LATENT, IMAGE)."""
     def sample(operator, measurement, *, loss=None, seed=0, steps=2, cfg=1.0, eta=0.0, scheduler="ddim_uniform",
-               model=None, vae=None, positive=None, negative=None):
+               model=None, vae=None, positive=None, negative=None, memory="auto"):
         inputs = dict(model=model or sd15[0], vae=vae or sd15[2], positive=positive or prompts[0],
                       negative=negative or prompts[1], operator=operator, measurement=measurement, seed=seed,
-                      steps=steps, cfg=cfg, eta=eta, scheduler=scheduler)
+                      steps=steps, cfg=cfg, eta=eta, scheduler=scheduler, memory=memory)
         if loss is not None:
             inputs["loss"] = loss
         return run_node(node_classes["PSLD_Sampler"], **inputs)

@@ -94,20 +94,56 @@ def test_differentiable_decode_and_encode_agree_with_comfyui_vae(bridge, sd15):
         assert torch.allclose(encoded, model.model.process_latent_in(vae.encode(picture)), atol=1e-4)
 
 
-def test_decode_works_inside_the_gradient_region_with_raw_vae_parameters(bridge, sd15):
-    """TAESD's vae_scale / vae_shift are plain parameters that weight wrappers never see: the gradient path passes
-    private copies instead, and the gradient through them matches the no-copy computation."""
+def test_decode_gradient_uses_raw_vae_parameters_by_reference(bridge, pack_module, sd15):
+    """TAESD's vae_scale / vae_shift are plain parameters that no comfy.ops layer owns: inside the gradient region
+    (weights by reference, as psld_gradient opens it) they take part like every other weight."""
     _, _, vae = sd15
-    assert bridge.raw_parameter_names(vae.first_stage_model) == ["vae_scale", "vae_shift"]
-    assert bridge.raw_parameter_names(sd15[0].model.diffusion_model) == []
+    memory = pack_module("psld.memory")
+    assert "vae_scale" in dict(vae.first_stage_model.named_parameters())
     with torch.inference_mode():
         differentiable = bridge.DifferentiableVAE(vae, sd15[0].get_model_object("latent_format"), "PSLD_Guider")
         import comfy.model_management
         comfy.model_management.load_models_gpu([differentiable.patcher])
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), memory.weights_by_reference():
             z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
             (grad,) = torch.autograd.grad(differentiable.decode(z).square().sum(), z)
     assert torch.isfinite(grad).all() and grad.norm() > 0
+
+
+def test_a_psld_step_uses_every_weight_by_reference_in_both_memory_modes(bridge, pack_module, sd15, prompts,
+                                                                         inpainting):
+    """One PSLD gradient step through the real UNet (cfg 2), TAESD decoder and encoder, as the sampler takes it.
+    Every tensor allocated in its forward and backward pass is recorded: none has the shape of a weight matrix or
+    kernel of the UNet or VAE (a per-step weight copy or a weight gradient would), and the weights autograd keeps
+    are the loaded weights themselves. `low` recomputes block activations: same gradient, less stored."""
+    from helpers.allocations import AllocationRecorder, SavedTensorBytes, weight_shapes
+
+    sampling = pack_module("psld.sampling")
+    glue = pack_module("nodes.bridge_sampler")
+    operator, measurement = inpainting
+    guider = make_guider(bridge, sd15, prompts)
+    models = [sd15[0].model.diffusion_model, sd15[2].first_stage_model]
+    weights = [p for m in models for p in m.parameters()]
+    shapes = weight_shapes(models)
+
+    def step(model, x, sigma, extra_args, low_memory):
+        y = (measurement.movedim(-1, 1) * 2 - 1).to(x)
+        denoise, decode, encode = glue.gradient_path(model, guider, extra_args, low_memory=low_memory)
+        recorder = AllocationRecorder()
+        with recorder, SavedTensorBytes(weights) as saved:
+            grad = sampling.psld_gradient(denoise, x, sigma, loss=psld_terms(pack_module, operator, y)[0],
+                                          operator=operator.operator, y=y, decode=decode, encode=encode)[0]
+        return grad, recorder.shapes, saved
+
+    def probe(model, x, sigma, extra_args):
+        return [step(model, x, sigma, extra_args, low) for low in (False, True)] + [guider.unet_blocks()]
+
+    (fast, fast_shapes, fast_saved), (low, low_shapes, low_saved), blocks = probe_in_sampler(guider, probe)
+    assert len(shapes) > 10 and len(blocks) >= 4 and bridge.checkpoint_blocks(models[1])
+    assert not fast_shapes & shapes and not low_shapes & shapes
+    assert fast_saved.by_reference > 20 and low_saved.by_reference > 0
+    assert torch.allclose(low, fast, rtol=1e-5, atol=1e-6 * fast.abs().max().item()) and fast.norm() > 0
+    assert low_saved.total < fast_saved.total / 2
 
 
 def test_clones_leave_the_users_model_and_vae_untouched(bridge, sd15, prompts):
@@ -125,8 +161,8 @@ def test_clones_leave_the_users_model_and_vae_untouched(bridge, sd15, prompts):
     guider = make_guider(bridge, sd15, prompts)
     assert guider.model_patcher is not model and guider.vae.patcher is not vae.patcher
     assert guider.model_patcher.get_additional_models_with_key(bridge.PSLD_KEY) == [guider.vae.patcher]
-    keys = [k for k in guider.model_patcher.model_state_dict() if k.startswith("diffusion_model.")]
-    assert set(guider.model_patcher.weight_wrapper_patches) == set(keys)  # every UNet weight and bias is copied
+    assert not guider.model_patcher.weight_wrapper_patches  # no per-forward weight copies
+    assert not guider.vae.patcher.weight_wrapper_patches
     probe_in_sampler(guider, lambda model_k, x, sigma, extra: float(model_k(x, sigma, **extra).norm()))
     after = [snapshot(model), snapshot(vae.patcher)]
     for old, new in zip(before, after):
@@ -136,7 +172,8 @@ def test_clones_leave_the_users_model_and_vae_untouched(bridge, sd15, prompts):
         assert all(torch.equal(weights_old[k], weights_new[k]) for k in weights_old)
 
 
-def test_attention_without_backward_is_replaced_while_gradients_are_on(bridge, sd15, prompts, monkeypatch):
+def test_attention_without_backward_is_replaced_while_gradients_are_on(bridge, pack_module, sd15, prompts,
+                                                                       monkeypatch):
     """Sage and flash attention have no backward pass (GPU only). Stand-in: the host's attention replaced by a
     kernel whose backward raises. A plain grad-enabled clone fails; the PSLD guider's override routes the
     gradient pass through PyTorch attention and gets the same gradient as an unmodified host."""
@@ -159,16 +196,17 @@ def test_attention_without_backward_is_replaced_while_gradients_are_on(bridge, s
 
     def gradient_through(guider):
         def probe(model, x, sigma, extra_args):
-            with torch.inference_mode(False), torch.enable_grad():
+            by_reference = pack_module("psld.memory").weights_by_reference
+            with torch.inference_mode(False), torch.enable_grad(), by_reference():
                 leaf = x.clone().requires_grad_(True)
-                (grad,) = torch.autograd.grad(model(leaf, sigma.clone(), **extra_args).square().sum(), leaf)
+                (grad,) = torch.autograd.grad(model(leaf, sigma, **extra_args).square().sum(), leaf)
             return grad
         return probe_in_sampler(guider, probe)
 
     reference = gradient_through(make_guider(bridge, sd15, prompts))
     monkeypatch.setattr(attention, "optimized_attention", attention_without_backward)
     with torch.inference_mode():
-        plain = comfy.samplers.CFGGuider(bridge.grad_enabled_clone(sd15[0], bridge.UNET_PREFIX))
+        plain = comfy.samplers.CFGGuider(sd15[0].clone())
         plain.set_conds(*prompts)
         plain.set_cfg(2.0)
     with pytest.raises(RuntimeError, match="no backward pass"):
@@ -196,15 +234,6 @@ def test_override_keeps_differentiable_attention_and_an_earlier_override(bridge)
     with torch.no_grad():
         assert override(lambda *a, **k: "kept", q, q, q, 2) == "kept"  # no gradients: left alone
     assert calls == ["attention_basic", "attention_pytorch", "<lambda>"]
-
-
-def test_inference_tensors_reaching_the_unet_are_cloned(bridge):
-    with torch.inference_mode():
-        made_upstream = torch.ones(2, 3)
-    plain = torch.zeros(1)
-    cloned = bridge.clone_inference_tensors({"c": [made_upstream, (plain, "text")], "n": 3})
-    assert not cloned["c"][0].is_inference() and torch.equal(cloned["c"][0], made_upstream)
-    assert cloned["c"][1][0] is plain and cloned["c"][1][1] == "text" and cloned["n"] == 3
 
 
 def test_plain_patchers_are_used_as_they_are(bridge, sd15):

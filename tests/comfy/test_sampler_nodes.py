@@ -78,7 +78,13 @@ def test_schema_sockets_and_defaults(N):
     info = sampler.INPUT_TYPES()
     assert list(info["required"]) == ["model", "vae", "positive", "negative", "operator", "measurement", "seed",
                                       "steps", "cfg", "eta", "scheduler"]
-    assert list(info["optional"]) == ["loss"]
+    assert list(info["optional"]) == ["loss", "memory"]
+    for node_id in ("PSLD_Sampler", "PSLD_Guider"):
+        # optional and last: API prompts saved without it still validate, UI widget values keep their places
+        memory = N[node_id].INPUT_TYPES()["optional"]["memory"]
+        assert list(N[node_id].INPUT_TYPES()["optional"])[-1] == "memory"
+        assert list(memory[1].get("options") or memory[0]) == ["auto", "fast", "low"]
+        assert memory[1]["default"] == "auto"
     assert info["required"]["operator"][0] == "PSLD_LINEAR_OPERATOR" and info["optional"]["loss"][0] == "PSLD_LOSS"
     assert info["required"]["seed"][1]["control_after_generate"] is True
     assert info["required"]["steps"][1]["default"] == 50 and "1000" in info["required"]["steps"][1]["tooltip"]
@@ -132,6 +138,26 @@ def test_composable_path_gives_the_all_in_one_result(N, sd15, prompts, psld_samp
     output, denoised = composable(N, sd15, prompts, operator, measurement, seed=11, eta=0.5, cfg=2.0)
     assert torch.equal(output["samples"], latent["samples"])
     assert denoised["samples"].shape == latent["samples"].shape
+
+
+def test_memory_modes_give_the_same_result(N, sd15, prompts, psld_sample, make_loss, inpainting, caplog):
+    """low recomputes the activations fast stores: the same samples up to float rounding, on both sampling paths
+    (cfg 2: conditional and unconditional UNet passes); auto says in the log which one it picked."""
+    import logging
+
+    results = {m: psld_sample(*inpainting, seed=3, steps=3, cfg=2.0, memory=m)[0]["samples"]
+               for m in ("fast", "low")}
+    assert torch.allclose(results["low"], results["fast"], rtol=1e-5, atol=1e-5)
+    plain = psld_sample(*inpainting, seed=3, steps=3, cfg=2.0, loss=make_loss(omega=0.0, gamma=0.0))[0]["samples"]
+    assert (results["fast"] - plain).abs().max() > 1e-3  # the guidance the two modes agree on is there
+    guider = run_node(N["PSLD_Guider"], model=sd15[0], vae=sd15[2], positive=prompts[0], negative=prompts[1],
+                      cfg=2.0, memory="low")[0]
+    composed = composable(N, sd15, prompts, *inpainting, seed=3, steps=3, cfg=2.0, guider=guider)[0]["samples"]
+    assert torch.allclose(composed, results["fast"], rtol=1e-5, atol=1e-5)
+    with caplog.at_level(logging.INFO):
+        auto = psld_sample(*inpainting, seed=3, steps=3, cfg=2.0)[0]["samples"]
+    assert "PSLD_Sampler: memory 'auto' chose 'fast'" in caplog.text  # a few MiB at 64 px
+    assert torch.equal(auto, results["fast"])
 
 
 def test_same_seed_same_result_other_seed_other_result(psld_sample, inpainting):

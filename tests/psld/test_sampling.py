@@ -269,26 +269,39 @@ def test_inference_mode_caller_with_inference_mode_operator_and_measurement():
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_user_operator_holding_inference_tensors_gets_an_explanation():
+def test_user_operator_holding_inference_tensors_is_used_by_reference():
+    """A user operator whose constant was made under inference mode (as anything a ComfyUI node makes) works, and
+    gives what the same operator with a plain constant gives; a write into that constant is refused."""
     eps, decoder, encoder = make_nets()
+    plain = torch.rand(1, IMAGE_C, SIZE, SIZE, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        weights = torch.rand(1, IMAGE_C, SIZE, SIZE, dtype=torch.float64)
+        frozen = plain.clone()
 
-    class Weighting:  # a user operator whose constant was made under inference mode
+    class Weighting:
+        def __init__(self, weights, write=False):
+            self.weights, self.write = weights, write
+
         def forward(self, x):
-            return x * weights
+            if self.write:
+                self.weights.mul_(2.0)
+            return x * self.weights
 
         def adjoint(self, y):
-            return y * weights
+            return y * self.weights
 
         def project(self, x, y):
             return x + (y - self.forward(x))
 
-    sigmas = ddim_uniform_sigmas(2)
-    x = torch.randn(1, LATENT_C, 4, 4, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="inference_mode"):
-        sample_psld(sigma_space_denoiser(eps), x, sigmas, operator=Weighting(),
-                    y=torch.zeros(1, IMAGE_C, SIZE, SIZE, dtype=torch.float64), decode=decoder, encode=encoder)
+    def run(operator):
+        x = torch.randn(1, LATENT_C, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        return sample_psld(sigma_space_denoiser(eps), x, ddim_uniform_sigmas(2), operator=operator,
+                           y=torch.zeros(1, IMAGE_C, SIZE, SIZE, dtype=torch.float64), decode=decoder,
+                           encode=encoder)
+
+    assert torch.allclose(run(Weighting(frozen)), run(Weighting(plain)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="mul_ would write into a model weight or a tensor made under"):
+        run(Weighting(frozen, write=True))
+    assert torch.equal(frozen, plain)
 
 
 def test_inputs_are_not_mutated_and_the_result_is_detached():
