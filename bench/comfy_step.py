@@ -5,6 +5,8 @@ comfy.sd.load_checkpoint_guess_config, as CheckpointLoaderSimple does; cached un
 
     tiny   the tests' tiny SD1.5 checkpoint (tools/make_tiny_models.py: one-level UNet, TAESD VAE)
     sd15   the real SD1.5 layout: UNet 860M parameters (320 channels, mult 1-2-4-4) and the KL VAE (84M)
+    sdxl   the real SDXL layout: UNet 2.6B parameters (320 channels, mult 1-2-4, transformer depth 2 / 10, context
+           2048, pooled-text ADM) and the same KL VAE layout; detected by ComfyUI as SDXL
 
 What runs, in one process, on the same model, conditionings (random [1, 77, 768] text embeddings, positive and
 negative), cfg, image size (--size, default 64 px) and ddim_uniform sigmas:
@@ -12,7 +14,8 @@ negative), cfg, image size (--size, default 64 px) and ddim_uniform sigmas:
     ksampler  comfy.sample.sample, sampler 'ddim' (what the KSampler node calls): one CFG-batched UNet pass per step
     psld      PSLDGuider + the PSLD SAMPLER through CFGGuider.sample (what PSLD_Sampler calls), box inpainting with
               its reference weights (omega 0.1, gamma 0.01; the weights do not change the cost): UNet, decoder and
-              encoder forward and backward per step
+              encoder forward and backward per step, in each memory mode of --psld-memory (fast: every activation
+              stored; low: block activations recomputed in the backward pass), one row each
 
 Time per step: the sampler callback's timestamps; the median over every step-to-step interval (the first step, which
 also loads the models, is not an interval) of --repeats runs after one warm-up run of each, the two methods
@@ -24,8 +27,13 @@ runs once more and reads VmHWM: peak resident memory during that run minus the r
 granularity; includes PSLD's per-forward private weight copies and the autograd graph). CUDA: peak of
 torch.cuda.max_memory_allocated() over the run minus the allocation before it, in the same way.
 
+--no-warmup skips the warm-up runs (for the slowest layouts on a CPU, where one run takes many minutes): the first
+run's model load then falls into the first step, which is not an interval, and into the peak (on a CPU the
+weights are resident already, so it adds little).
+
 Usage (a host built by `make host`):
-    .comfyui/venv/bin/python bench/comfy_step.py [--models tiny,sd15] [--steps 4] [--repeats 3] [--size 64]
+    .comfyui/venv/bin/python bench/comfy_step.py [--models tiny,sd15,sdxl] [--steps 4] [--repeats 3] [--size 64]
+                                                 [--psld-memory fast,low] [--no-warmup]
     .comfyui-floor/venv/bin/python bench/comfy_step.py --comfy .comfyui-floor/ComfyUI
 """
 from __future__ import annotations
@@ -50,9 +58,16 @@ SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32
                  transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], num_heads=8, num_head_channels=-1,
                  context_dim=768, use_spatial_transformer=True, use_linear_in_transformer=False, legacy=False,
                  adm_in_channels=None, use_checkpoint=False)
+SDXL_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+                 channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], num_heads=-1, num_head_channels=64,
+                 context_dim=2048, use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False,
+                 adm_in_channels=2816, num_classes="sequential", use_checkpoint=False, use_temporal_attention=False,
+                 use_temporal_resblock=False)
 SD15_VAE = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
                 num_res_blocks=2, attn_resolutions=[], dropout=0.0)
-CONTEXT = 768
+CONTEXT = {"tiny": 768, "sd15": 768, "sdxl": 2048}
+POOLED = {"sdxl": 1280}  # SDXL's ADM input: the pooled text embedding (plus sizes, which ComfyUI adds)
 
 
 # ------------------------------------------------------------------------------------------------ ComfyUI in-process
@@ -88,7 +103,16 @@ def seeded_init_(module, seed: int):
 
 def sd15_checkpoint(comfy_root: Path, seed: int = 0) -> Path:
     """Real-size SD1.5 UNet + KL VAE, random weights, fp16, as a checkpoint ComfyUI detects as SD15 (no CLIP)."""
-    path = CACHE / f"random_sd15_unet_kl_{seed}.safetensors"
+    return real_layout_checkpoint("sd15", SD15_UNET, seed)
+
+
+def sdxl_checkpoint(comfy_root: Path, seed: int = 0) -> Path:
+    """Real-size SDXL UNet + KL VAE, random weights, fp16, as a checkpoint ComfyUI detects as SDXL (no CLIP)."""
+    return real_layout_checkpoint("sdxl", SDXL_UNET, seed)
+
+
+def real_layout_checkpoint(name: str, unet_config: dict, seed: int) -> Path:
+    path = CACHE / f"random_{name}_unet_kl_{seed}.safetensors"
     if path.exists():
         return path
     import torch
@@ -97,7 +121,7 @@ def sd15_checkpoint(comfy_root: Path, seed: int = 0) -> Path:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     state = {}
-    unet = seeded_init_(UNetModel(dtype=torch.float32, **SD15_UNET), seed)
+    unet = seeded_init_(UNetModel(dtype=torch.float32, **unet_config), seed)
     state.update({f"model.diffusion_model.{k}": v.half() for k, v in unet.state_dict().items()})
     del unet
     vae = seeded_init_(AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4), seed + 1)
@@ -117,7 +141,7 @@ def tiny_checkpoint(comfy_root: Path) -> Path:
 
 
 def checkpoint_for(model_name: str, comfy_root: Path) -> Path:
-    return {"tiny": tiny_checkpoint, "sd15": sd15_checkpoint}[model_name](comfy_root)
+    return {"tiny": tiny_checkpoint, "sd15": sd15_checkpoint, "sdxl": sdxl_checkpoint}[model_name](comfy_root)
 
 
 def load(path: Path):
@@ -129,12 +153,17 @@ def load(path: Path):
     return model, vae
 
 
-def conditionings(seed: int = 0):
+def conditionings(model_name: str, seed: int = 0):
+    """Random text embeddings of the layout's context width (positive) and zeros (negative), with SDXL's pooled
+    embedding where the layout has one."""
     import torch
     with torch.inference_mode():
         generator = torch.Generator().manual_seed(seed)
-        positive = [[torch.randn(1, 77, CONTEXT, generator=generator), {}]]
-        negative = [[torch.zeros(1, 77, CONTEXT), {}]]
+        width = CONTEXT[model_name]
+        extra = ({"pooled_output": torch.randn(1, POOLED[model_name], generator=generator)}
+                 if model_name in POOLED else {})
+        positive = [[torch.randn(1, 77, width, generator=generator), extra]]
+        negative = [[torch.zeros(1, 77, width), {k: torch.zeros_like(v) for k, v in extra.items()}]]
     return positive, negative
 
 
@@ -160,12 +189,18 @@ def problem(nodes, size: int):
 class Runner:
     """Runs a plain KSampler or a PSLD sampling on one loaded model; returns the per-step callback times."""
 
-    def __init__(self, nodes, model, vae, size: int, cfg: float, steps: int):
+    def __init__(self, nodes, model, vae, size: int, cfg: float, steps: int, model_name: str = "sd15"):
         import torch
         self.nodes, self.model, self.vae, self.cfg, self.steps = nodes, model, vae, cfg, steps
-        self.positive, self.negative = conditionings()
+        self.positive, self.negative = conditionings(model_name)
         self.spec, self.measurement = problem(nodes, size)
         self.latent = torch.zeros(1, 4, size // 8, size // 8)
+
+    def method(self, name: str):
+        """'ksampler' or 'psld-<memory mode>' as a callable of the seed."""
+        if name == "ksampler":
+            return self.ksampler
+        return lambda seed=0: self.psld(seed, name.split("-", 1)[1])
 
     def _timed(self, run):
         import torch
@@ -189,14 +224,13 @@ class Runner:
             self.model, noise, self.steps, self.cfg, "ddim", "ddim_uniform", self.positive, self.negative,
             self.latent, callback=lambda step, x0, x, total: callback(), disable_pbar=True, seed=seed))
 
-    def psld(self, seed: int = 0):
+    def psld(self, seed: int = 0, memory: str = "auto"):
         import comfy.sample
         import comfy.samplers
-        bridge, sampler_nodes, bridge_sampler = (pack(self.nodes, m) for m in (
-            "nodes.comfy_bridge", "nodes.sampler_nodes", "nodes.bridge_sampler"))
+        sampler_nodes, bridge_sampler = (pack(self.nodes, m) for m in ("nodes.sampler_nodes", "nodes.bridge_sampler"))
         run = sampler_nodes.make_run("PSLD_Sampler", self.spec, self.measurement, None, 0.0, None)
         guider = sampler_nodes.make_guider("PSLD_Sampler", self.model, self.vae, self.positive, self.negative,
-                                           self.cfg)
+                                           self.cfg, memory)
         sampling = guider.model_patcher.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", self.steps).cpu()
         noise = comfy.sample.prepare_noise(self.latent, seed)
@@ -249,41 +283,50 @@ def peak_memory_mib(run) -> tuple[float, str]:
 
 # ------------------------------------------------------------------------------------------------ workers and report
 
+def methods(args) -> list[str]:
+    return ["ksampler"] + [f"psld-{mode}" for mode in args.psld_memory.split(",")]
+
+
 def worker(args) -> dict:
     nodes = boot(Path(args.comfy).resolve(), args.comfy_args)  # before torch is imported, as main.py expects
     import torch
     model, vae = load(checkpoint_for(args.model, Path(args.comfy).resolve()))
-    runner = Runner(nodes, model, vae, args.size, args.cfg, args.steps)
+    runner = Runner(nodes, model, vae, args.size, args.cfg, args.steps, args.model)
     import comfy.model_management
     info = {"model": args.model, "device": str(comfy.model_management.get_torch_device()),
             "threads": torch.get_num_threads(), "unet_dtype": str(model.model_dtype()),
             "vae_dtype": str(vae.vae_dtype), "size": args.size, "steps": args.steps, "cfg": args.cfg}
     if args.memory:  # one method, warm-up then the measured run
-        method = getattr(runner, args.memory)
-        method()
+        method = runner.method(args.memory)
+        if not args.no_warmup:
+            method()
         info["peak_mib"], info["memory_method"] = peak_memory_mib(method)
         info["method"] = args.memory
         return info
-    times = {"ksampler": [], "psld": []}
-    runner.ksampler()
-    runner.psld()  # warm-up of both
+    names = methods(args)
+    times = {name: [] for name in names}
+    if not args.no_warmup:
+        for name in names:
+            runner.method(name)()
     for _ in range(args.repeats):
-        for name in ("ksampler", "psld"):
-            intervals, result = getattr(runner, name)()
+        for name in names:
+            intervals, result = runner.method(name)()
             times[name] += intervals
             if not bool(torch.isfinite(result).all()):
                 raise RuntimeError(f"{name} produced non-finite latents")
-    info.update({f"{k}_step_s": statistics.median(v) for k, v in times.items()})
-    info.update({f"{k}_step_s_min": min(v) for k, v in times.items()})
+    info["step_s"] = {k: statistics.median(v) for k, v in times.items()}
+    info["step_s_min"] = {k: min(v) for k, v in times.items()}
     return info
 
 
 def run_worker(args, model: str, memory: str | None = None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--comfy", args.comfy,
                "--size", str(args.size), "--steps", str(args.steps), "--repeats", str(args.repeats),
-               "--cfg", str(args.cfg)]
+               "--cfg", str(args.cfg), "--psld-memory", args.psld_memory]
     if memory:
         command += ["--memory", memory]
+    if args.no_warmup:
+        command += ["--no-warmup"]
     if args.comfy_args:
         command += ["--", *args.comfy_args]
     answer = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -293,16 +336,20 @@ def run_worker(args, model: str, memory: str | None = None) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfy", default=str(REPO / ".comfyui" / "ComfyUI"), help="ComfyUI root of a built host")
-    parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15")
+    parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15, sdxl")
     parser.add_argument("--size", type=int, default=64, help="image side in px (a multiple of 8)")
     parser.add_argument("--steps", type=int, default=4, help="sampler steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method")
     parser.add_argument("--cfg", type=float, default=7.5, help="CFG scale (not 1: both branches run, as in the "
                                                                "reference code)")
+    parser.add_argument("--psld-memory", default="fast,low",
+                        help="comma-separated memory modes of PSLD to measure (fast, low, auto)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing subprocess")
+    parser.add_argument("--no-warmup", action="store_true", help="no warm-up runs (see above)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--memory", choices=["ksampler", "psld"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory", help=argparse.SUPPRESS)  # the method whose peak a worker measures
     parser.add_argument("comfy_args", nargs="*", help="arguments for ComfyUI after --, e.g. -- --cpu")
     args = parser.parse_args(argv)
     if args.worker:
@@ -311,21 +358,22 @@ def main(argv=None) -> int:
     if not args.comfy_args:
         args.comfy_args = ["--cpu"] if not _has_cuda() else []
     print(f"comfy_step: ComfyUI {args.comfy} args {args.comfy_args}; {args.size} px, {args.steps} steps, "
-          f"cfg {args.cfg}, {args.repeats} timed runs")
-    header = (f"{'model':6} {'device':8} {'unet':14} {'vae':14} {'ksampler s/step':>15} {'psld s/step':>12} "
-              f"{'ratio':>6} {'ratio(min)':>10} {'peak MiB ks':>12} {'peak MiB psld':>13} {'mem ratio':>9}")
-    print(header)
+          f"cfg {args.cfg}, {args.repeats} timed runs{', no warm-up' if args.no_warmup else ''}")
+    print(f"{'model':6} {'device':8} {'unet':14} {'method':12} {'s/step':>9} {'ratio':>6} {'ratio(min)':>10} "
+          f"{'peak MiB':>9} {'mem ratio':>9}")
     for model in args.models.split(","):
-        timing = run_worker(args, model)
-        memory = {} if args.no_memory else {m: run_worker(args, model, m) for m in ("ksampler", "psld")}
-        ratio = timing["psld_step_s"] / timing["ksampler_step_s"]
-        ratio_min = timing["psld_step_s_min"] / timing["ksampler_step_s_min"]
-        peaks = [memory[m]["peak_mib"] if memory else math.nan for m in ("ksampler", "psld")]
-        print(f"{model:6} {timing['device']:8} {timing['unet_dtype']:14} {timing['vae_dtype']:14} "
-              f"{timing['ksampler_step_s']:15.4f} {timing['psld_step_s']:12.4f} {ratio:6.1f} {ratio_min:10.1f} "
-              f"{peaks[0]:12.0f} {peaks[1]:13.0f} {peaks[1] / max(peaks[0], 1e-9):9.1f}")
-        if memory:
-            print(f"       memory: {memory['psld']['memory_method']}; torch threads {timing['threads']}")
+        timing = None if args.no_timing else run_worker(args, model)
+        peaks = {} if args.no_memory else {m: run_worker(args, model, m)["peak_mib"] for m in methods(args)}
+        for name in methods(args):
+            step = timing["step_s"][name] if timing else math.nan
+            ratio = step / timing["step_s"]["ksampler"] if timing else math.nan
+            ratio_min = timing["step_s_min"][name] / timing["step_s_min"]["ksampler"] if timing else math.nan
+            peak = peaks.get(name, math.nan)
+            print(f"{model:6} {(timing or {}).get('device', '-'):8} {(timing or {}).get('unet_dtype', '-'):14} "
+                  f"{name:12} {step:9.3f} {ratio:6.1f} {ratio_min:10.1f} {peak:9.0f} "
+                  f"{peak / max(peaks.get('ksampler', math.nan), 1e-9):9.1f}")
+        if peaks:
+            print(f"       memory: {'VmHWM' if not _has_cuda() else 'cuda max_memory_allocated'} growth over one run")
     return 0
 
 

@@ -5,6 +5,7 @@ Runs in-process on a ComfyUI host (booted as bench/comfy_step.py boots it) throu
 torch.inference_mode() as ComfyUI's executor runs them:
 
     PSLD, GML-DPS, LDPS   PSLD_LinearOperator -> PSLD_Degrade -> PSLD_GluingLoss(variant) -> PSLD_Sampler
+    PSLD Jacobian-free    the same with PSLD_GluingLoss gradient = jacobian-free (no UNet backward; tuned as PSLD)
                           (the demo prior from nodes.demo_model.load_demo_prior, conditioning "any" = unconditional,
                           cfg 1, eta 0, ddim_uniform; a batch of images is one IMAGE batch, one seed per batch)
     A^T y, A^+ y, TV-LS   psld/baselines.py on the same measurement (TV-LS: Chambolle-Pock, [-1, 1] box)
@@ -82,9 +83,11 @@ TASKS = {
     "motion_deblur": dict(task="motion_deblur", kernel_size=9, motion_intensity=0.5),
 }
 INPAINT_TASKS = ("box_inpaint", "random_inpaint")
-LATENT_METHODS = {"psld": "PSLD", "gml-dps": "GML-DPS", "ldps": "LDPS"}  # method id -> PSLD_GluingLoss variant
-METHODS = ("psld", "gml-dps", "ldps", "adjoint", "pinv", "tv", "ksampler-mask")
-LABELS = {"psld": "PSLD", "gml-dps": "GML-DPS", "ldps": "LDPS", "adjoint": "A^T y", "pinv": "A^+ y", "tv": "TV-LS",
+# method id -> PSLD_GluingLoss variant; psld-jf is PSLD with the Jacobian-free gradient (PSLD_GluingLoss gradient)
+LATENT_METHODS = {"psld": "PSLD", "psld-jf": "PSLD", "gml-dps": "GML-DPS", "ldps": "LDPS"}
+JACOBIAN_FREE = ("psld-jf",)
+METHODS = ("psld", "psld-jf", "gml-dps", "ldps", "adjoint", "pinv", "tv", "ksampler-mask")
+LABELS = {"psld": "PSLD", "psld-jf": "PSLD Jacobian-free", "gml-dps": "GML-DPS", "ldps": "LDPS", "adjoint": "A^T y", "pinv": "A^+ y", "tv": "TV-LS",
           "ksampler-mask": "KSampler + noise mask", "ksampler-mask-paste": "KSampler + noise mask + paste"}
 
 OMEGA_GRID = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -159,7 +162,8 @@ class Bench:
     def latent_method(self, method, spec, measurement, params, steps, seed):
         loss = run_node(self.N["PSLD_GluingLoss"], omega=float(params["omega"]), gamma=float(params["gamma"]),
                         variant=LATENT_METHODS[method], norm="norm", projection="operator", fresh_noise=0.0,
-                        detach_gluing_target=False)[0]
+                        detach_gluing_target=False,
+                        gradient="jacobian-free" if method in JACOBIAN_FREE else "full")[0]
         return run_node(self.N["PSLD_Sampler"], model=self.prior.model, vae=self.prior.vae, positive=self.any,
                         negative=self.any, operator=spec, measurement=measurement, loss=loss, seed=seed,
                         steps=steps, cfg=1.0, eta=0.0, scheduler="ddim_uniform")[1]
@@ -311,7 +315,7 @@ def load_images(args, bench: Bench):
 
 def reference_params(bench: Bench, task: str, method: str) -> dict:
     omega, gamma = bench.losses.REFERENCE_WEIGHTS[task]
-    if method == "psld":
+    if method in ("psld", "psld-jf"):
         return {"omega": omega, "gamma": gamma}
     if method == "gml-dps":
         return {"omega": omega, "gamma": round(GAMMA_RATIO * omega, 12)}
@@ -342,13 +346,13 @@ def tune(bench: Bench, task: str, spec, images, measurement, methods, grids) -> 
         return max(scores, key=lambda s: s["psnr"] if not math.isnan(s["psnr"]) else -math.inf)
 
     for method in methods:
-        if method in ("psld", "gml-dps", "ldps"):
+        if method in LATENT_METHODS:
             ratio = 0.0 if method == "ldps" else GAMMA_RATIO
             scores = [evaluate(method, {"omega": w, "gamma": round(ratio * w, 12)}) for w in grids["omega"]]
             winner = best(scores)
             at_edge = winner["params"]["omega"] in (min(grids["omega"]), max(grids["omega"]))
             grid = {"omega": list(grids["omega"]), "gamma": f"{ratio:g} x omega"}
-            if method == "psld":  # stage 2: gamma at the best omega
+            if method in ("psld", "psld-jf"):  # stage 2: gamma at the best omega
                 omega = winner["params"]["omega"]
                 for r in grids["gamma_ratios"]:
                     if r != GAMMA_RATIO:

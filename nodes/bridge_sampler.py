@@ -111,7 +111,7 @@ def sample_psld_comfy(model, x, sigmas, extra_args=None, callback=None, disable=
     y = run.y.to(device=x.device, dtype=x.dtype).expand(x.shape[0], *run.y.shape[1:])
     steps = len(sigmas) - 1
 
-    memory = guider.choose_memory_mode(x)
+    memory = guider.choose_memory_mode(x, unet_backward=not run.loss.jacobian_free)
     denoise, decode, encode = gradient_path(model, guider, extra_args, low_memory=memory == "low")
 
     def on_step(i, x_i, denoised, residuals):
@@ -147,7 +147,7 @@ def out_of_memory_error(guider: PSLDGuider, run: PSLDRun, x: torch.Tensor, memor
     """The pack's message for a PSLD step that ran out of memory (after freeing what ComfyUI can free)."""
     comfy.model_management.soft_empty_cache()
     free = comfy.model_management.get_free_memory(guider.model_patcher.load_device) / 2**20
-    needed = guider.estimated_bytes(x, memory) / 2**20
+    needed = guider.estimated_bytes(x, memory, unet_backward=not run.loss.jacobian_free) / 2**20
     where = guider.node_id
     fix = ("set memory to low on " + where + " (it recomputes activations instead of storing them), or "
            if memory != "low" else "")

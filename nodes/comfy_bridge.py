@@ -258,24 +258,26 @@ class PSLDGuider(comfy.samplers.CFGGuider):
         """The UNet blocks `low` mode recomputes (of the model as loaded for this run)."""
         return checkpoint_blocks(self.model_patcher.model.diffusion_model)
 
-    def choose_memory_mode(self, x: torch.Tensor) -> str:
-        """The guider's memory mode, with `auto` resolved for the latent x: `fast` when ComfyUI's free memory on
-        the model's device holds the stored activations that fast mode needs (estimated from ComfyUI's own
-        inference estimates, STORED_PER_INFERENCE_BYTE), else `low`. Says what it picked in the log."""
+    def choose_memory_mode(self, x: torch.Tensor, unet_backward: bool = True) -> str:
+        """The guider's memory mode, with `auto` resolved for the latent x: `fast` when the free memory ComfyUI
+        reports on the model's device holds what fast mode stores (estimated_bytes), else `low`. Says what it
+        picked in the log."""
         if self.memory != "auto":
             return self.memory
-        needed = self.estimated_bytes(x, "fast")
+        needed = self.estimated_bytes(x, "fast", unet_backward)
         free = comfy.model_management.get_free_memory(self.model_patcher.load_device)
         mode = "fast" if needed < free else "low"
         logging.info("%s: memory 'auto' chose '%s' for a %s latent: fast mode needs about %.0f MiB, %.0f MiB free.",
                      self.node_id, mode, "x".join(map(str, x.shape)), needed / 2**20, free / 2**20)
         return mode
 
-    def estimated_bytes(self, x: torch.Tensor, mode: str) -> int:
-        """Memory a gradient step stores in this mode beyond the loaded models (an estimate, see STORED_BYTES)."""
+    def estimated_bytes(self, x: torch.Tensor, mode: str, unet_backward: bool = True) -> int:
+        """Memory a gradient step stores in this mode beyond the loaded models (an estimate, see STORED_BYTES);
+        without the UNet backward (Jacobian-free gradient) only the VAE part."""
         model = self.model_patcher.model
         dtype = getattr(model, "manual_cast_dtype", None) or model.get_dtype()
         batch = x.shape[0] * (2 if self.cfg != 1.0 else 1)
         unet = batch * x.shape[2] * x.shape[3] * comfy.model_management.dtype_size(dtype) * model.memory_usage_factor
+        unet *= unet_backward
         per = STORED_BYTES[mode]
         return int(per["unet"] * unet + per["vae"] * self.vae.inference_bytes(tuple(x.shape)))

@@ -11,6 +11,7 @@ from .loss_settings import PROJECTION_CHOICES, LossSettings
 
 CATEGORY = "image/restoration/PSLD"
 NORMS = ("norm", "squared")  # reference code / paper text
+GRADIENTS = ("full", "jacobian-free")  # through the UNet (paper) / the UNet's Jacobian taken as the identity
 LossSocket = io.Custom("PSLD_LOSS")
 
 
@@ -49,6 +50,14 @@ class PSLDGluingLoss(io.ComfyNode):
                 io.Boolean.Input("detach_gluing_target", default=False,
                                  tooltip="On: no gradient through the encoder's target (less memory and time, but a "
                                          "different, cheaper algorithm). Off: as in the paper and code."),
+                io.Combo.Input("gradient", options=list(GRADIENTS), default="full", optional=True,
+                               tooltip="full: the gradient goes back through the UNet, as in the paper. "
+                                       "jacobian-free: the gradient is taken with respect to the denoised latent "
+                                       "and applied as it is (the UNet's Jacobian taken as the identity, as in "
+                                       "manifold-preserving guided diffusion): the UNet runs forward only, so a "
+                                       "step costs about a KSampler step plus the VAE's forward and backward, "
+                                       "and the UNet stores no activations. Beyond the paper: see the measured "
+                                       "quality in docs/benchmarks.md before relying on it."),
             ],
             outputs=[
                 LossSocket.Output(display_name="loss",
@@ -57,23 +66,23 @@ class PSLDGluingLoss(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, *, omega, gamma, variant, norm, projection, fresh_noise,
-                detach_gluing_target) -> io.NodeOutput:
+    def execute(cls, *, omega, gamma, variant, norm, projection, fresh_noise, detach_gluing_target,
+                gradient="full") -> io.NodeOutput:
         node_id = "PSLD_GluingLoss"
         for name, value in (("omega", omega), ("gamma", gamma), ("fresh_noise", fresh_noise)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
                 raise PSLDInputError(node_id, name, f"{name}={value!r} is not allowed.",
                                      "use a finite number >= 0 (reference: omega 1.0, gamma 0.1, fresh_noise 0 "
                                      "or 0.05).")
-        choices = (("variant", variant, VARIANTS), ("norm", norm, NORMS), ("projection", projection,
-                                                                          PROJECTION_CHOICES))
+        choices = (("variant", variant, VARIANTS), ("norm", norm, NORMS),
+                   ("projection", projection, PROJECTION_CHOICES), ("gradient", gradient, GRADIENTS))
         for name, value, allowed in choices:
             if value not in allowed:
                 raise PSLDInputError(node_id, name, f"{name}={value!r} is unknown.",
                                      f"choose one of {', '.join(allowed)}.")
         loss = PSLDLoss(omega=float(omega), gamma=float(gamma), variant=variant, squared=norm == "squared",
                         fresh_measurement_noise=float(fresh_noise),
-                        detach_gluing_target=bool(detach_gluing_target))
+                        detach_gluing_target=bool(detach_gluing_target), jacobian_free=gradient == "jacobian-free")
         settings = LossSettings(loss=loss, projection=None if projection == "operator" else projection)
         return io.NodeOutput(settings)
 

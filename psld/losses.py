@@ -82,6 +82,7 @@ class PSLDLoss:
     squared: bool = False                   # False = plain norm (reference code), True = squared norm (paper)
     fresh_measurement_noise: float = 0.0    # sigma of noise added to A x_hat each step (reference: sigma_y = 0.05)
     detach_gluing_target: bool = False      # True = no gradient through E(...) (not the paper, not the code)
+    jacobian_free: bool = False             # True = the gradient skips the denoiser (psld.sampling, not the paper)
 
     def __post_init__(self):
         object.__setattr__(self, "omega", _check_weight("omega", self.omega))
@@ -90,6 +91,7 @@ class PSLDLoss:
             raise ValueError(f"variant={self.variant!r} is not allowed: variant must be one of {VARIANTS}.")
         _check_bool("squared", self.squared)
         _check_bool("detach_gluing_target", self.detach_gluing_target)
+        _check_bool("jacobian_free", self.jacobian_free)
         object.__setattr__(self, "fresh_measurement_noise",
                            _check_weight("fresh_measurement_noise", self.fresh_measurement_noise))
 
@@ -117,6 +119,8 @@ class PSLDLoss:
         text = f"{self.variant}: omega={self.omega:g}, gamma={self.gluing_weight:g} ({norm})"
         if self.fresh_measurement_noise > 0:
             text += f", fresh noise {self.fresh_measurement_noise:g} on A x"
+        if self.jacobian_free:
+            text += ", Jacobian-free"
         return text
 
 

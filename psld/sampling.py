@@ -7,6 +7,12 @@ One step i, from sigma = sigmas[i] to sigma_next = sigmas[i + 1] (x = z0 + sigma
     x'      = DDIM_eta(x, z0_hat, sigma, sigma_next)             psld/ddim.py (no grad)
     x_next  = x' - sqrt(1 + sigma^2) sqrt(1 + sigma_next^2) grad_x L
 
+Jacobian-free gradient (PSLDLoss.jacobian_free, beyond the paper): grad_x L = (d z0_hat / d x)^T grad_z0 L is
+replaced by grad_z0 L, i.e. the denoiser's Jacobian is taken as the identity (x = z0 + sigma eps with eps held
+fixed), as manifold-preserving guided diffusion does (He et al., ICLR 2024). The denoiser then runs forward only;
+decoder and encoder are still differentiated. The step scale is unchanged, so the two agree wherever the
+denoiser's Jacobian is the identity.
+
 The factor turns grad_x L into the reference's VP-space step z_{t-1} = z' - grad_{z_t} L (psld/ddim.py,
 `reference_gradient_scale`), so with the SD1.5 discrete schedule and DDIM-uniform sigmas this is the reference
 algorithm (tests/psld/test_sampling.py shows it step by step). The caller chooses the sigmas, so any scheduler
@@ -108,16 +114,22 @@ def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss
 
     Runs in its own autograd region (inference mode off, grad on, weights by reference) on a clone of x, so it
     works when the caller is inside torch.inference_mode(), as ComfyUI's samplers are, and never copies a weight.
+    With loss.jacobian_free the denoiser runs without gradients and grad is grad_z0 L (module docstring).
     """
     with torch.inference_mode(False), torch.enable_grad(), weights_by_reference():
-        x_leaf = x.detach().clone().requires_grad_(True)  # a fresh leaf; never x itself (the caller's tensor)
-        z0_hat = denoise(x_leaf, sigma)
+        leaf = x.detach().clone().requires_grad_(True)  # a fresh leaf; never x itself (the caller's tensor)
+        if loss.jacobian_free:
+            with torch.no_grad():
+                leaf = denoise(leaf, sigma).detach().requires_grad_(True)
+            z0_hat = leaf  # grad_x L ~ grad_z0 L: the denoiser's Jacobian taken as the identity (He et al. 2024)
+        else:
+            z0_hat = denoise(leaf, sigma)
         image_hat = decode(z0_hat)
         objective, residuals = psld_objective(loss, operator, y, z0_hat, image_hat, encode, generator=generator)
         if not objective.requires_grad:
             raise ValueError("denoise, decode or encode returned a tensor without a gradient path to x: they must "
                              "be differentiable (no torch.no_grad / inference_mode or tiled decode inside).")
-        (grad,) = torch.autograd.grad(objective, x_leaf)
+        (grad,) = torch.autograd.grad(objective, leaf)
     return grad.detach(), z0_hat.detach(), objective.detach(), residuals
 
 

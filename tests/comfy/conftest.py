@@ -18,7 +18,7 @@ OPERATOR_DEFAULTS = dict(width=SIZE, height=SIZE, seed=0, projection="paper", bo
                          drop_fraction=0.0, sr_scale="4", sr_mode="bicubic", kernel_size=0, blur_sigma=3.0,
                          motion_intensity=0.5)
 LOSS_DEFAULTS = dict(omega=1.0, gamma=0.1, variant="PSLD", norm="norm", projection="operator", fresh_noise=0.0,
-                     detach_gluing_target=False)
+                     detach_gluing_target=False, gradient="full")
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "astronaut_128.png"
 
 

@@ -146,6 +146,28 @@ def test_a_psld_step_uses_every_weight_by_reference_in_both_memory_modes(bridge,
     assert low_saved.total < fast_saved.total / 2
 
 
+def test_auto_memory_picks_low_when_fast_would_not_fit_and_says_so(bridge, sd15, prompts, caplog):
+    """auto compares its estimate of what fast mode stores with the free memory ComfyUI reports: a 64-image batch
+    of 4096 px latents cannot fit in this machine's memory, a 64 px image can; the log says which it picked."""
+    import logging
+
+    import comfy.model_management
+
+    with torch.inference_mode():
+        guider = bridge.PSLDGuider(sd15[0], sd15[2], node_id="PSLD_Guider", memory="auto")
+        guider.set_conds(*prompts)
+        guider.set_cfg(2.0)
+    free = comfy.model_management.get_free_memory(guider.model_patcher.load_device)
+    small, huge = torch.zeros(1).expand(1, 4, 8, 8), torch.zeros(1).expand(64, 4, 512, 512)
+    assert guider.estimated_bytes(small, "fast") < free < guider.estimated_bytes(huge, "fast")
+    assert guider.estimated_bytes(huge, "low") < guider.estimated_bytes(huge, "fast")
+    with caplog.at_level(logging.INFO):
+        assert guider.choose_memory_mode(small) == "fast" and guider.choose_memory_mode(huge) == "low"
+    assert "PSLD_Guider: memory 'auto' chose 'low' for a 64x4x512x512 latent" in caplog.text
+    fixed = bridge.PSLDGuider(sd15[0], sd15[2], node_id="PSLD_Guider", memory="fast")
+    assert fixed.choose_memory_mode(huge) == "fast"  # a chosen mode is kept
+
+
 def test_clones_leave_the_users_model_and_vae_untouched(bridge, sd15, prompts):
     """Building the guider and sampling with it changes nothing on the user's MODEL / VAE patchers or weights."""
     model, _, vae = sd15
@@ -241,6 +263,11 @@ def test_plain_patchers_are_used_as_they_are(bridge, sd15):
     model, _, vae = sd15
     assert bridge.non_dynamic(model, "PSLD_Guider", "model") is model
     assert bridge.non_dynamic(vae.patcher, "PSLD_Guider", "vae") is vae.patcher
+
+
+def test_guider_refuses_an_unknown_memory_mode(bridge, sd15, input_error):
+    with pytest.raises(input_error, match="PSLD_Guider: input 'memory': memory='huge' is unknown.*auto, fast, low"):
+        bridge.PSLDGuider(sd15[0], sd15[2], node_id="PSLD_Guider", memory="huge")
 
 
 def test_guider_refuses_a_vae_of_another_latent_space(bridge, sd15, input_error):

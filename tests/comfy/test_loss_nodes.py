@@ -46,6 +46,8 @@ def test_schema_has_id_category_description_and_tooltips(comfy, G):
     assert [o.get_io_type() for o in schema.outputs] == ["PSLD_LOSS"]
     assert all(o.tooltip for o in schema.outputs)
     assert info["required"]["variant"][1]["options"] == ["PSLD", "GML-DPS", "LDPS"]
+    assert list(info["optional"]) == ["gradient"]  # optional and last: saved workflows and API prompts still load
+    assert info["optional"]["gradient"][1]["options"] == ["full", "jacobian-free"]
 
 
 def test_defaults_are_the_reference_weights_with_plain_norms(G, pack_module):
@@ -58,10 +60,11 @@ def test_defaults_are_the_reference_weights_with_plain_norms(G, pack_module):
 @pytest.mark.parametrize("variant", ["PSLD", "GML-DPS", "LDPS"])
 def test_inputs_map_onto_the_psld_loss(G, variant):
     settings = make_loss(G, omega=0.1, gamma=0.01, variant=variant, norm="squared", projection="exact",
-                         fresh_noise=0.05, detach_gluing_target=True)
+                         fresh_noise=0.05, detach_gluing_target=True, gradient="jacobian-free")
     loss = settings.loss
     assert (loss.omega, loss.gamma, loss.variant, loss.squared) == (0.1, 0.01, variant, True)
-    assert (loss.fresh_measurement_noise, loss.detach_gluing_target) == (0.05, True)
+    assert (loss.fresh_measurement_noise, loss.detach_gluing_target, loss.jacobian_free) == (0.05, True, True)
+    assert not make_loss(G).loss.jacobian_free and "Jacobian-free" in loss.describe()
     assert settings.projection == "exact"
     assert loss.gluing_weight == (0.0 if variant == "LDPS" else 0.01)
     with pytest.raises(dataclasses.FrozenInstanceError):

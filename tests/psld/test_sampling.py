@@ -9,7 +9,7 @@ from psld.ddim import ddim_step, ddim_uniform_sigmas
 from psld.linear_model import LinearLatentModel, MatrixOperator, orthonormal_columns
 from psld.losses import PSLDLoss
 from psld.operators import Inpainting
-from psld.sampling import PSLDDivergenceError, sample_psld
+from psld.sampling import PSLDDivergenceError, psld_gradient, sample_psld
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/psld/conftest.py
 
@@ -217,6 +217,39 @@ def test_guidance_brings_the_sample_closer_to_the_measurement():
         return (operator.forward(decoder(out)) - y).flatten(1).norm(dim=1)
     guided, unguided = final_residual(), final_residual(omega=0.0, gamma=0.0)
     assert bool((guided < 0.8 * unguided).all()), (guided, unguided)
+
+
+def test_jacobian_free_guidance_brings_the_sample_closer_without_differentiating_the_denoiser():
+    eps, decoder, encoder = make_nets()
+    denoiser_grad_modes = []
+
+    def denoise(x, sigma):
+        denoiser_grad_modes.append(torch.is_grad_enabled())
+        return sigma_space_denoiser(eps)(x, sigma)
+
+    def final_residual(loss):
+        out, (_, decoder, _, operator, y, _, _) = run(batch=2, steps=25, loss=loss)
+        return (operator.forward(decoder(out)) - y).flatten(1).norm(dim=1)
+
+    free = PSLDLoss(omega=1.0, gamma=0.1, jacobian_free=True)
+    assert bool((final_residual(free) < 0.8 * final_residual(PSLDLoss(omega=0.0, gamma=0.0))).all())
+    operator, y = make_measurement(decoder)
+    x = torch.randn(1, LATENT_C, SIZE // 2, SIZE // 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    psld_gradient(denoise, x, torch.tensor([2.0], dtype=torch.float64), loss=free, operator=operator, y=y,
+                  decode=decoder, encode=encoder)
+    assert denoiser_grad_modes == [False]
+
+
+def test_jacobian_free_gradient_is_the_full_one_where_the_denoisers_jacobian_is_the_identity():
+    """A denoiser z0 = x - c (c not depending on x) has the identity as its Jacobian: both gradients agree."""
+    _, decoder, encoder = make_nets()
+    operator, y = make_measurement(decoder)
+    shift = torch.randn(1, LATENT_C, SIZE // 2, SIZE // 2, dtype=torch.float64)
+    x = torch.randn(1, LATENT_C, SIZE // 2, SIZE // 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    grads = [psld_gradient(lambda z, s: z - shift, x, torch.tensor([1.5], dtype=torch.float64),
+                           loss=PSLDLoss(jacobian_free=free), operator=operator, y=y, decode=decoder,
+                           encode=encoder)[0] for free in (False, True)]
+    assert torch.allclose(grads[0], grads[1], rtol=1e-12, atol=1e-14) and grads[0].norm() > 0
 
 
 def test_divergence_names_the_step_and_weights():
