@@ -209,11 +209,13 @@ class DifferentiableVAE:
         return self.latent_format.process_in(latent.to(device=image.device, dtype=image.dtype))
 
     def inference_bytes(self, latent_shape: tuple[int, ...]) -> int:
-        """ComfyUI's estimate of one decode plus one encode at this latent shape (no gradients)."""
+        """ComfyUI's estimate of a decode plus an encode of this latent batch (no gradients; ComfyUI's estimates
+        are per image)."""
         ratio = self.downscale_ratio
-        image_shape = (latent_shape[0], 3, latent_shape[2] * ratio, latent_shape[3] * ratio)
-        return int(self.vae.memory_used_decode(latent_shape, self.dtype)
-                   + self.vae.memory_used_encode(image_shape, self.dtype))
+        image_shape = (1, 3, latent_shape[2] * ratio, latent_shape[3] * ratio)
+        per_image = (self.vae.memory_used_decode((1, *latent_shape[1:]), self.dtype)
+                     + self.vae.memory_used_encode(image_shape, self.dtype))
+        return int(latent_shape[0] * per_image)
 
 
 # ---------------------------------------------------------------------------------------------- the guider

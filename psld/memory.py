@@ -8,8 +8,11 @@ weights_by_reference()
     (an inference tensor, made under torch.inference_mode(), or an nn.Parameter) is handed to the operation as a
     plain alias of the same memory: no copy, no requires_grad. Autograd keeps that alias for the backward pass, so
     a layer's input gradient uses the weight by reference and no weight gradient is ever computed. An operation
-    that writes into its first argument (add_, copy_, __setitem__, ...) gets the original tensor, so a write into
-    a weight still fails as it would without the mode: the user's weights can never be changed through an alias.
+    that would write into such a tensor (add_, copy_, __setitem__, ... on it) raises before it runs: the user's
+    weights can never be changed through an alias (torch itself writes into an inference tensor, then raises).
+    One kind of tensor is copied instead: a grad-free view into a larger buffer, such as the cast buffer in which
+    ComfyUI assembles the weights of a partially loaded model layer by layer (the next layer overwrites it, so
+    autograd must not keep the view). Weights that stay resident are never copied.
 
 checkpointed_forwards(modules)
     While the context is open, each given module's forward runs under torch.utils.checkpoint (non-reentrant)
@@ -33,11 +36,23 @@ def plain_alias(t: torch.Tensor) -> torch.Tensor:
 
 
 def _needs_alias(value) -> bool:
-    return isinstance(value, torch.Tensor) and (value.is_inference() or isinstance(value, torch.nn.Parameter))
+    """A plain tensor or Parameter that is an inference tensor, or any plain Parameter. Tensor subclasses (quantized
+    weights and the like) keep their own type: an alias of their storage would not be the tensor they represent."""
+    if type(value) is torch.nn.Parameter:
+        return True
+    return type(value) is torch.Tensor and value.is_inference()
+
+
+def _in_a_shared_buffer(value) -> bool:
+    """A plain grad-free tensor whose memory is part of a larger buffer (module docstring: cast buffers)."""
+    return (type(value) is torch.Tensor and not value.requires_grad
+            and value.untyped_storage().nbytes() > value.numel() * value.element_size())
 
 
 def _by_reference(value):
-    return plain_alias(value) if _needs_alias(value) else value
+    if _needs_alias(value):
+        return plain_alias(value)
+    return value.clone() if _in_a_shared_buffer(value) else value
 
 
 def _writes_first_argument(func) -> bool:

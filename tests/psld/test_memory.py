@@ -125,6 +125,34 @@ def test_a_write_into_a_weight_still_fails_and_leaves_it_unchanged():
     assert torch.equal(weight, torch.ones(4)) and torch.equal(plain, torch.ones(4))
 
 
+def test_weights_assembled_in_a_shared_buffer_are_held_privately():
+    """comfy.ops on a partially loaded model copies each layer's weight into one cast buffer that the next layer
+    overwrites. Autograd must not keep the view into that buffer (its backward would see the last layer's weight, or
+    fail on the buffer's version counter): the gradient equals the one through separate weights."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        weights = [torch.randn(16, 16) / 4 for _ in range(3)]
+    buffer = torch.empty(16 * 16 * 2)
+
+    def forward(x):
+        for w in weights:
+            view = buffer[:w.numel()].view_as(w)
+            view.copy_(w)  # what cast_to(..., r=view) does
+            x = torch.tanh(torch.nn.functional.linear(x, view))
+        return x
+
+    x = torch.randn(4, 16)
+    leaf = x.clone().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad(), weights_by_reference():
+        (grad,) = torch.autograd.grad(forward(leaf).square().sum(), leaf)
+    expected_leaf = x.clone().requires_grad_(True)
+    h = expected_leaf
+    for w in weights:
+        h = torch.tanh(torch.nn.functional.linear(h, w.clone()))
+    (expected,) = torch.autograd.grad(h.square().sum(), expected_leaf)
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_opening_the_mode_twice_adds_nothing():
     with weights_by_reference() as outer:
         assert isinstance(outer, WeightsByReference)
