@@ -142,13 +142,14 @@ def install_attention_override(clone) -> None:
 MEMORY_MODES = ("auto", "fast", "low")
 # The blocks whose activations `low` mode recomputes: "<last part of the module path>.<class name>" of ComfyUI's
 # UNet blocks (openaimodel, attention), KL-VAE blocks (diffusionmodules.model) and TAESD blocks.
-CHECKPOINT_BLOCKS = frozenset({"openaimodel.ResBlock", "attention.SpatialTransformer", "model.ResnetBlock",
-                               "model.AttnBlock", "taesd.Block"})
+CHECKPOINT_BLOCKS = frozenset({"openaimodel.ResBlock", "attention.SpatialTransformer", "openaimodel.Upsample",
+                               "openaimodel.Downsample", "model.ResnetBlock", "model.AttnBlock", "model.Upsample",
+                               "model.Downsample", "taesd.Block"})
 # What a gradient step stores beyond the loaded models, per mode, in units of ComfyUI's own per-element sizes:
 # the UNet part per latent pixel x batch x dtype size x the model's memory_usage_factor (ComfyUI's relative cost
 # of a family), the VAE part per byte of ComfyUI's decode + encode estimate (vae.memory_used_decode / _encode).
 # Measured with bench/comfy_step.py on the SD1.5 layout (docs/benchmarks.md, "Memory modes"); `auto` uses them.
-STORED_BYTES = {"fast": {"unet": 400_000, "vae": 2.0}, "low": {"unet": 100_000, "vae": 0.5}}
+STORED_BYTES = {"fast": {"unet": 125_000, "vae": 3.2}, "low": {"unet": 45_000, "vae": 1.7}}
 
 
 def block_kind(module: torch.nn.Module) -> str:
