@@ -11,7 +11,7 @@ from .loss_settings import PROJECTION_CHOICES, LossSettings
 
 CATEGORY = "image/restoration/PSLD"
 NORMS = ("norm", "squared")  # reference code / paper text
-GRADIENTS = ("full", "jacobian-free")  # through the UNet (paper) / the UNet's Jacobian taken as the identity
+GRADIENTS = ("full", "jacobian-free")  # through the UNet (paper) / without the UNet's backward (psld.sampling)
 LossSocket = io.Custom("PSLD_LOSS")
 
 
@@ -53,11 +53,10 @@ class PSLDGluingLoss(io.ComfyNode):
                 io.Combo.Input("gradient", options=list(GRADIENTS), default="full", optional=True,
                                tooltip="full: the gradient goes back through the UNet, as in the paper. "
                                        "jacobian-free: the gradient is taken with respect to the denoised latent "
-                                       "and applied as it is (the UNet's Jacobian taken as the identity, as in "
-                                       "manifold-preserving guided diffusion): the UNet runs forward only, so a "
-                                       "step costs about a KSampler step plus the VAE's forward and backward, "
-                                       "and the UNet stores no activations. Beyond the paper: see the measured "
-                                       "quality in docs/benchmarks.md before relying on it."),
+                                       "and passed to the noisy one through the Jacobian of a Gaussian-prior "
+                                       "denoiser (1 / (1 + sigma^2)) instead of the UNet's backward pass: the UNet "
+                                       "runs forward only and stores no activations. Beyond the paper: see its "
+                                       "measured quality and speed in docs/benchmarks.md before relying on it."),
             ],
             outputs=[
                 LossSocket.Output(display_name="loss",

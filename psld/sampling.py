@@ -7,11 +7,17 @@ One step i, from sigma = sigmas[i] to sigma_next = sigmas[i + 1] (x = z0 + sigma
     x'      = DDIM_eta(x, z0_hat, sigma, sigma_next)             psld/ddim.py (no grad)
     x_next  = x' - sqrt(1 + sigma^2) sqrt(1 + sigma_next^2) grad_x L
 
-Jacobian-free gradient (PSLDLoss.jacobian_free, beyond the paper): grad_x L = (d z0_hat / d x)^T grad_z0 L is
-replaced by grad_z0 L, i.e. the denoiser's Jacobian is taken as the identity (x = z0 + sigma eps with eps held
-fixed), as manifold-preserving guided diffusion does (He et al., ICLR 2024). The denoiser then runs forward only;
-decoder and encoder are still differentiated. The step scale is unchanged, so the two agree wherever the
-denoiser's Jacobian is the identity.
+Jacobian-free gradient (PSLDLoss.jacobian_free, beyond the paper; in the spirit of manifold-preserving guided
+diffusion, He et al., ICLR 2024): grad_x L = (d z0_hat / d x)^T grad_z0 L with the denoiser's Jacobian replaced by
+that of the denoiser of a unit Gaussian latent prior, z0_hat = x / (1 + sigma^2):
+
+    grad_x L ~ grad_z0 L / (1 + sigma^2)
+
+The denoiser then runs forward only; decoder and encoder are still differentiated. Where the denoiser is that
+Gaussian one (the paper's linear model) the two gradients are equal, so the step reduces to the reference step
+there; the full step x_next = x' - sqrt((1 + sigma_next^2) / (1 + sigma^2)) grad_z0 L then moves x by at most
+grad_z0 L, as MPGD's step on z0_hat does. (Taking the Jacobian as the identity instead, eps held fixed, would scale
+the step by up to 1 + sigma^2 at high noise: measured, it needs omega below the smallest tuned value.)
 
 The factor turns grad_x L into the reference's VP-space step z_{t-1} = z' - grad_{z_t} L (psld/ddim.py,
 `reference_gradient_scale`), so with the SD1.5 discrete schedule and DDIM-uniform sigmas this is the reference
@@ -107,6 +113,12 @@ def _divergence(step: int, steps: int, sigma: float, loss: PSLDLoss, what: str) 
         f"or use the reference weights of psld.reference_loss), or use more steps.")
 
 
+def gaussian_prior_gradient(grad_z0: Tensor, sigma: Tensor) -> Tensor:
+    """grad_x L ~ grad_z0 L / (1 + sigma^2): the Jacobian of the unit-Gaussian-prior denoiser (module docstring)."""
+    s = sigma.to(grad_z0.dtype).reshape(-1, *([1] * (grad_z0.ndim - 1)))
+    return grad_z0 / (1 + s * s)
+
+
 def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss, operator, y: Tensor,
                   decode: Callable[[Tensor], Tensor], encode, generator=None
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -121,7 +133,7 @@ def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss
         if loss.jacobian_free:
             with torch.no_grad():
                 leaf = denoise(leaf, sigma).detach().requires_grad_(True)
-            z0_hat = leaf  # grad_x L ~ grad_z0 L: the denoiser's Jacobian taken as the identity (He et al. 2024)
+            z0_hat = leaf
         else:
             z0_hat = denoise(leaf, sigma)
         image_hat = decode(z0_hat)
@@ -130,6 +142,8 @@ def psld_gradient(denoise: Denoiser, x: Tensor, sigma: Tensor, *, loss: PSLDLoss
             raise ValueError("denoise, decode or encode returned a tensor without a gradient path to x: they must "
                              "be differentiable (no torch.no_grad / inference_mode or tiled decode inside).")
         (grad,) = torch.autograd.grad(objective, leaf)
+        if loss.jacobian_free:
+            grad = gaussian_prior_gradient(grad, sigma)
     return grad.detach(), z0_hat.detach(), objective.detach(), residuals
 
 
