@@ -15,7 +15,8 @@ negative), cfg, image size (--size, default 64 px) and ddim_uniform sigmas:
     psld      PSLDGuider + the PSLD SAMPLER through CFGGuider.sample (what PSLD_Sampler calls), box inpainting with
               its reference weights (omega 0.1, gamma 0.01; the weights do not change the cost): UNet, decoder and
               encoder forward and backward per step, in each memory mode of --psld-memory (fast: every activation
-              stored; low: block activations recomputed in the backward pass), one row each
+              stored; low: block activations recomputed in the backward pass), one row each; `jf` in that list
+              adds PSLD with PSLD_GluingLoss gradient = jacobian-free (UNet forward only; fast mode), same weights
 
 Time per step: the sampler callback's timestamps; the median over every step-to-step interval (the first step, which
 also loads the models, is not an interval) of --repeats runs after one warm-up run of each, the two methods
@@ -33,7 +34,7 @@ weights are resident already, so it adds little).
 
 Usage (a host built by `make host`):
     .comfyui/venv/bin/python bench/comfy_step.py [--models tiny,sd15,sdxl] [--steps 4] [--repeats 3] [--size 64]
-                                                 [--psld-memory fast,low] [--no-warmup]
+                                                 [--psld-memory fast,low,jf] [--no-warmup]
     .comfyui-floor/venv/bin/python bench/comfy_step.py --comfy .comfyui-floor/ComfyUI
 """
 from __future__ import annotations
@@ -197,9 +198,11 @@ class Runner:
         self.latent = torch.zeros(1, 4, size // 8, size // 8)
 
     def method(self, name: str):
-        """'ksampler' or 'psld-<memory mode>' as a callable of the seed."""
+        """'ksampler', 'psld-<memory mode>' or 'psld-jf' (Jacobian-free, fast mode) as a callable of the seed."""
         if name == "ksampler":
             return self.ksampler
+        if name == "psld-jf":
+            return lambda seed=0: self.psld(seed, "fast", jacobian_free=True)
         return lambda seed=0: self.psld(seed, name.split("-", 1)[1])
 
     def _timed(self, run):
@@ -224,11 +227,18 @@ class Runner:
             self.model, noise, self.steps, self.cfg, "ddim", "ddim_uniform", self.positive, self.negative,
             self.latent, callback=lambda step, x0, x, total: callback(), disable_pbar=True, seed=seed))
 
-    def psld(self, seed: int = 0, memory: str = "auto"):
+    def psld(self, seed: int = 0, memory: str = "auto", jacobian_free: bool = False):
+        import torch
         import comfy.sample
         import comfy.samplers
         sampler_nodes, bridge_sampler = (pack(self.nodes, m) for m in ("nodes.sampler_nodes", "nodes.bridge_sampler"))
-        run = sampler_nodes.make_run("PSLD_Sampler", self.spec, self.measurement, None, 0.0, None)
+        loss = None
+        if jacobian_free:  # box inpainting's reference weights, as without a loss node
+            with torch.inference_mode():
+                loss = self.nodes.NODE_CLASS_MAPPINGS["PSLD_GluingLoss"].execute(
+                    omega=0.1, gamma=0.01, variant="PSLD", norm="norm", projection="operator", fresh_noise=0.0,
+                    detach_gluing_target=False, gradient="jacobian-free").result[0]
+        run = sampler_nodes.make_run("PSLD_Sampler", self.spec, self.measurement, loss, 0.0, None)
         guider = sampler_nodes.make_guider("PSLD_Sampler", self.model, self.vae, self.positive, self.negative,
                                            self.cfg, memory)
         sampling = guider.model_patcher.get_model_object("model_sampling")
@@ -343,7 +353,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", type=float, default=7.5, help="CFG scale (not 1: both branches run, as in the "
                                                                "reference code)")
     parser.add_argument("--psld-memory", default="fast,low",
-                        help="comma-separated memory modes of PSLD to measure (fast, low, auto)")
+                        help="comma-separated memory modes of PSLD to measure (fast, low, auto), and jf for the "
+                             "Jacobian-free gradient")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-timing", action="store_true", help="skip the timing subprocess")
     parser.add_argument("--no-warmup", action="store_true", help="no warm-up runs (see above)")
