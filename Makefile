@@ -4,13 +4,14 @@
 #   make serve   run the current host with this pack on http://127.0.0.1:8188
 #   make demo    the demo-model workflows on a headless server: .artifacts/demo/psld_demo.png, .md, .json
 #   make bench   benchmark scripts (print measured ratios)
+#   make gpu-check  stage .gpucarry/ for the GPU device machine, print its run call, smoke-test the staged tree
 SHELL := /bin/bash
 CUR_PY   := .comfyui/venv/bin/python
 FLOOR_PY := .comfyui-floor/venv/bin/python
 PYTEST   := -q -ra -p no:cacheprovider
 PORT     ?= 8188
 
-.PHONY: host host-current host-floor serve demo test test-psld test-current test-floor test-browser browser-deps bench clean-host
+.PHONY: host host-current host-floor serve demo test test-psld test-current test-floor test-browser browser-deps bench gpu-check clean-host
 
 host: host-current host-floor
 
@@ -56,6 +57,11 @@ test-browser: browser-deps
 bench: host-current
 	$(CUR_PY) bench/psld_overhead.py
 	$(CUR_PY) bench/comfy_step.py
+
+# bench/gpu_psld.py on the device machine: stages ComfyUI 0.30 and the missing wheels into .gpucarry/ and prints
+# the device call; here it runs the script's --smoke check (tiny checkpoint, CPU) against the staged tree
+gpu-check: host-current
+	bash tools/gpu_check.sh
 
 clean-host:
 	rm -rf .comfyui .comfyui-floor

@@ -232,13 +232,16 @@ class Runner:
         import comfy.sample
         import comfy.samplers
         sampler_nodes, bridge_sampler = (pack(self.nodes, m) for m in ("nodes.sampler_nodes", "nodes.bridge_sampler"))
-        loss = None
-        if jacobian_free:  # box inpainting's reference weights, as without a loss node
+        run = sampler_nodes.make_run("PSLD_Sampler", self.spec, self.measurement, None, 0.0, None)
+        if jacobian_free:  # the same reference weights, through PSLD_GluingLoss with gradient = jacobian-free
+            reference = run.loss
             with torch.inference_mode():
                 loss = self.nodes.NODE_CLASS_MAPPINGS["PSLD_GluingLoss"].execute(
-                    omega=0.1, gamma=0.01, variant="PSLD", norm="norm", projection="operator", fresh_noise=0.0,
-                    detach_gluing_target=False, gradient="jacobian-free").result[0]
-        run = sampler_nodes.make_run("PSLD_Sampler", self.spec, self.measurement, loss, 0.0, None)
+                    omega=reference.omega, gamma=reference.gamma, variant=reference.variant,
+                    norm="squared" if reference.squared else "norm", projection="operator",
+                    fresh_noise=reference.fresh_measurement_noise,
+                    detach_gluing_target=reference.detach_gluing_target, gradient="jacobian-free").result[0]
+            run = sampler_nodes.make_run("PSLD_Sampler", self.spec, self.measurement, loss, 0.0, None)
         guider = sampler_nodes.make_guider("PSLD_Sampler", self.model, self.vae, self.positive, self.negative,
                                            self.cfg, memory)
         sampling = guider.model_patcher.get_model_object("model_sampling")
