@@ -110,40 +110,92 @@ def test_decode_gradient_uses_raw_vae_parameters_by_reference(bridge, pack_modul
     assert torch.isfinite(grad).all() and grad.norm() > 0
 
 
+def recorded_psld_step(pack_module, guider, operator, measurement, model, x, sigma, extra_args, low_memory):
+    """One PSLD gradient step as the sampler takes it (psld_gradient over bridge_sampler.gradient_path), with every
+    allocation and every saved tensor recorded. Returns (gradient, allocated shapes, SavedTensorBytes, weights),
+    weights being the UNet's and VAE's parameters as loaded for this step (LoRA patches baked in)."""
+    from helpers.allocations import AllocationRecorder, SavedTensorBytes
+
+    weights = [p for m in (guider.model_patcher.model.diffusion_model, guider.vae.module) for p in m.parameters()]
+    y = (measurement.movedim(-1, 1) * 2 - 1).to(x)
+    denoise, decode, encode = pack_module("nodes.bridge_sampler").gradient_path(model, guider, extra_args,
+                                                                                low_memory=low_memory)
+    recorder = AllocationRecorder()
+    with recorder, SavedTensorBytes(weights) as saved:
+        grad = pack_module("psld.sampling").psld_gradient(
+            denoise, x, sigma, loss=psld_terms(pack_module, operator, y)[0], operator=operator.operator, y=y,
+            decode=decode, encode=encode)[0]
+    return grad, recorder.shapes, saved, weights
+
+
 def test_a_psld_step_uses_every_weight_by_reference_in_both_memory_modes(bridge, pack_module, sd15, prompts,
                                                                          inpainting):
     """One PSLD gradient step through the real UNet (cfg 2), TAESD decoder and encoder, as the sampler takes it.
     Every tensor allocated in its forward and backward pass is recorded: none has the shape of a weight matrix or
     kernel of the UNet or VAE (a per-step weight copy or a weight gradient would), and the weights autograd keeps
     are the loaded weights themselves. `low` recomputes block activations: same gradient, less stored."""
-    from helpers.allocations import AllocationRecorder, SavedTensorBytes, weight_shapes
+    from helpers.allocations import weight_shapes
 
-    sampling = pack_module("psld.sampling")
-    glue = pack_module("nodes.bridge_sampler")
-    operator, measurement = inpainting
     guider = make_guider(bridge, sd15, prompts)
     models = [sd15[0].model.diffusion_model, sd15[2].first_stage_model]
-    weights = [p for m in models for p in m.parameters()]
     shapes = weight_shapes(models)
 
-    def step(model, x, sigma, extra_args, low_memory):
-        y = (measurement.movedim(-1, 1) * 2 - 1).to(x)
-        denoise, decode, encode = glue.gradient_path(model, guider, extra_args, low_memory=low_memory)
-        recorder = AllocationRecorder()
-        with recorder, SavedTensorBytes(weights) as saved:
-            grad = sampling.psld_gradient(denoise, x, sigma, loss=psld_terms(pack_module, operator, y)[0],
-                                          operator=operator.operator, y=y, decode=decode, encode=encode)[0]
-        return grad, recorder.shapes, saved
-
     def probe(model, x, sigma, extra_args):
-        return [step(model, x, sigma, extra_args, low) for low in (False, True)] + [guider.unet_blocks()]
+        steps = [recorded_psld_step(pack_module, guider, *inpainting, model, x, sigma, extra_args, low)
+                 for low in (False, True)]
+        return steps + [guider.unet_blocks()]
 
-    (fast, fast_shapes, fast_saved), (low, low_shapes, low_saved), blocks = probe_in_sampler(guider, probe)
+    (fast, fast_shapes, fast_saved, _), (low, low_shapes, low_saved, _), blocks = probe_in_sampler(guider, probe)
     assert len(shapes) > 10 and len(blocks) >= 4 and bridge.checkpoint_blocks(models[1])
     assert not fast_shapes & shapes and not low_shapes & shapes
     assert fast_saved.by_reference > 20 and low_saved.by_reference > 0
     assert torch.allclose(low, fast, rtol=1e-5, atol=1e-6 * fast.abs().max().item()) and fast.norm() > 0
     assert low_saved.total < fast_saved.total / 2
+
+
+def random_lora(model, rank=4, seed=11) -> dict:
+    """A LoRA (lora_up / lora_down pairs) on every linear weight of the UNet, in the key format ComfyUI loads."""
+    import comfy.lora
+
+    generator = torch.Generator().manual_seed(seed)
+    state = model.model.state_dict()
+    lora = {}
+    for name, key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+        weight = state.get(key) if isinstance(key, str) and name.startswith("lora_unet_") else None
+        if weight is not None and weight.ndim == 2:
+            lora[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=generator) / 2
+            lora[f"{name}.lora_down.weight"] = torch.randn(rank, weight.shape[1], generator=generator) / 2
+    return lora
+
+
+def test_lora_patched_weights_are_what_the_gradient_uses_by_reference(bridge, pack_module, sd15, prompts,
+                                                                      inpainting):
+    """A LoRA applied as LoraLoaderModelOnly applies it (comfy.sd.load_lora_for_models): the PSLD gradient changes
+    with it, still without a weight-shaped allocation, and autograd keeps the patched weights themselves."""
+    import comfy.sd
+    from helpers.allocations import weight_shapes
+
+    lora = random_lora(sd15[0])
+    with torch.inference_mode():
+        patched = comfy.sd.load_lora_for_models(sd15[0], None, lora, 1.0, 0.0)[0]
+    assert len(lora) > 8 and patched.patches
+
+    def gradient_of(model_patcher):
+        guider = make_guider(bridge, (model_patcher, *sd15[1:]), prompts)
+        return probe_in_sampler(guider, lambda model, x, sigma, extra: recorded_psld_step(
+            pack_module, guider, *inpainting, model, x, sigma, extra, False))
+
+    import comfy.model_management
+
+    plain, _, _, _ = gradient_of(sd15[0])
+    try:
+        with_lora, shapes, saved, _ = gradient_of(patched)
+    finally:  # the shared module holds the LoRA-patched weights while that clone is loaded: load the plain one
+        with torch.inference_mode():
+            comfy.model_management.load_models_gpu([sd15[0]])
+    assert not shapes & weight_shapes([sd15[0].model.diffusion_model, sd15[2].first_stage_model])
+    assert saved.by_reference > 20 and torch.isfinite(with_lora).all()
+    assert (with_lora - plain).norm() > 1e-3 * plain.norm()  # the patched weights are what ran
 
 
 def test_auto_memory_picks_low_when_fast_would_not_fit_and_says_so(bridge, sd15, prompts, caplog):
