@@ -148,7 +148,7 @@ def test_quick_benchmark_in_two_parts_reports_every_method(tmp_path, prior, garm
     assert twice.returncode != 0 and "box_inpaint is in both" in twice.stderr and not (tmp_path / "twice").exists()
 
     results = report["results"]
-    expected = {"psld", "gml-dps", "ldps", "adjoint", "pinv", "tv"}
+    expected = {"psld", "psld-jf", "gml-dps", "ldps", "adjoint", "pinv", "tv"}
     assert set(results["super_resolution"]) == expected  # the KSampler mask baseline is for inpainting only
     assert set(results["box_inpaint"]) == expected | {"ksampler-mask", "ksampler-mask-paste"}
     for task, methods in results.items():
@@ -165,7 +165,7 @@ def test_quick_benchmark_in_two_parts_reports_every_method(tmp_path, prior, garm
     assert box["ksampler-mask-paste"]["residual_mean"] == pytest.approx(box["adjoint"]["residual_mean"], rel=1e-3)
     assert box["ksampler-mask-paste"]["residual_mean"] < box["ksampler-mask"]["residual_mean"]
     # tuning ran on its own images and wrote its grid and winner; the sweep ran
-    for method in ("psld", "gml-dps", "ldps", "tv"):
+    for method in ("psld", "psld-jf", "gml-dps", "ldps", "tv"):
         tuned = report["tuning"]["box_inpaint"][method]
         assert tuned["winner"] in [s["params"] for s in tuned["scores"]]
         assert box[method]["params"] == tuned["winner"]
