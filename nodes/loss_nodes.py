@@ -55,8 +55,10 @@ class PSLDGluingLoss(io.ComfyNode):
                                        "jacobian-free: the gradient is taken with respect to the denoised latent "
                                        "and passed to the noisy one through the Jacobian of a Gaussian-prior "
                                        "denoiser (1 / (1 + sigma^2)) instead of the UNet's backward pass: the UNet "
-                                       "runs forward only and stores no activations. Beyond the paper: see its "
-                                       "measured quality and speed in docs/benchmarks.md before relying on it."),
+                                       "runs forward only and stores no activations. Beyond the paper. Measured "
+                                       "on the demo prior: 1-2.7 dB below full for inpainting and super-"
+                                       "resolution (not recommended there), 0.3 dB above for deblurring; 25 % "
+                                       "faster per step on SD1.5 at 512 px (docs/benchmarks.md)."),
             ],
             outputs=[
                 LossSocket.Output(display_name="loss",
