@@ -34,7 +34,7 @@ import comfy.model_sampling
 import comfy.samplers
 from comfy.ldm.modules import attention as comfy_attention
 
-from ..psld.memory import checkpointed_forwards
+from ..psld.memory import checkpointed_forwards, gradients_on
 from .errors import PSLDInputError
 
 PSLD_KEY = "psld"
@@ -111,16 +111,12 @@ def non_dynamic(patcher, node_id: str, input_name: str):
 
 # ---------------------------------------------------------------------------------------------- attention
 
-def _gradients_on() -> bool:
-    return torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-
-
 def make_attention_override(previous=None):
     """optimized_attention_override: while gradients are on, attention functions without a backward pass (sage,
     flash, anything unknown) are replaced by PyTorch's scaled-dot-product attention; `previous` (an override that
     was already set) still runs."""
     def override(func, *args, **kwargs):
-        if _gradients_on() and getattr(func, "__name__", "") not in DIFFERENTIABLE_ATTENTION:
+        if gradients_on() and getattr(func, "__name__", "") not in DIFFERENTIABLE_ATTENTION:
             func = comfy_attention.attention_pytorch
         if previous is not None:
             return previous(func, *args, **kwargs)

@@ -91,7 +91,8 @@ def weights_by_reference():
     return contextlib.nullcontext() if _mode_active() else WeightsByReference()
 
 
-def _gradients_on() -> bool:
+def gradients_on() -> bool:
+    """Inside a gradient region: grad mode on and inference mode off."""
     return torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
@@ -101,7 +102,7 @@ def _checkpointed(forward: Callable) -> Callable:
             return forward(*args, **kwargs)
 
     def checkpointed_forward(*args, **kwargs):
-        if not _gradients_on():
+        if not gradients_on():
             return forward(*args, **kwargs)
         return torch.utils.checkpoint.checkpoint(run_by_reference, *args, use_reentrant=False, **kwargs)
     return checkpointed_forward
